@@ -1,0 +1,52 @@
+"""Atomic file writes: write to a temporary name in the same folder, fsync, rename, fsync the folder.
+
+A reader (or a resumed run) never takes a partial file for a complete one: a file exists under its
+final name only once every byte of it is on disk.
+"""
+
+from __future__ import annotations
+
+import os
+
+TMP_SUFFIX = ".tmp"
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def tmp_name(path: str) -> str:
+    return f"{path}.{os.getpid()}{TMP_SUFFIX}"
+
+
+def commit(tmp_path: str, final_path: str) -> None:
+    """fsync `tmp_path`, rename it to `final_path` and fsync the folder."""
+    fd = os.open(tmp_path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp_path, final_path)
+    fsync_dir(os.path.dirname(os.path.abspath(final_path)))
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    tmp_path = tmp_name(path)
+    try:
+        with open(tmp_path, "wb") as handle:
+            handle.write(data)
+        commit(tmp_path, path)
+    except BaseException:
+        remove_quietly(tmp_path)
+        raise
+
+
+def remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass

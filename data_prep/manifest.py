@@ -1,0 +1,143 @@
+"""The manifest of a shard set, and `verify`.
+
+`manifest.json` in each `seqN/` folder is the set's contract with the trainer (DESIGN.md): format version,
+the resolved prep config, tokenizer hash, vocab size and special-token ids, seed, per-shard example and
+token counts with size and sha256, and the counts of every input that was skipped and why. It holds
+nothing that depends on the machine, the time or the number of worker processes, so two runs on the same
+inputs write byte-identical manifests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from .atomic import atomic_write_bytes
+from .config import FORMAT_VERSION, PrepError
+from .shards import open_shard, schema
+
+MANIFEST_FILE = "manifest.json"
+
+
+def build_manifest(
+    seq_len: int,
+    config: dict,
+    tokenizer_info: dict,
+    unit_records: list[dict],
+    part: tuple[int, int],
+) -> dict:
+    shards = [record["shards"][str(seq_len)] for record in unit_records]
+    skips: Counter = Counter()
+    inputs: Counter = Counter()
+    for record in unit_records:
+        skips.update(record["skips"])
+        skips["single_token_chunk"] += record["dropped_chunks"][str(seq_len)]
+        inputs.update(record["inputs"])
+    return {
+        "format_version": FORMAT_VERSION,
+        "seq_len": seq_len,
+        "seed": config["seed"],
+        "part": {"index": part[0], "count": part[1]},
+        "config": config,
+        "tokenizer": tokenizer_info,
+        "schema": str(schema(tokenizer_info["vocab_size"])),
+        "totals": {
+            "shards": len(shards),
+            "examples": sum(s["examples"] for s in shards),
+            "tokens": sum(s["tokens"] for s in shards),
+            "sop_swapped": sum(s["sop_swapped"] for s in shards),
+        },
+        "inputs": dict(sorted(inputs.items())),
+        "skipped": {reason: count for reason, count in sorted(skips.items()) if count},
+        "shards": [{"unit": r["unit"], **s} for r, s in zip(unit_records, shards)],
+    }
+
+
+def manifest_bytes(manifest: dict) -> bytes:
+    return (json.dumps(manifest, indent=1, sort_keys=False) + "\n").encode("utf-8")
+
+
+def write_manifest(folder: str, manifest: dict) -> None:
+    atomic_write_bytes(os.path.join(folder, MANIFEST_FILE), manifest_bytes(manifest))
+
+
+def load_manifest(folder: str) -> dict:
+    path = os.path.join(folder, MANIFEST_FILE)
+    if not os.path.isfile(path):
+        raise PrepError(f"{folder}: no {MANIFEST_FILE}; not a finished shard set (rerun `data_prep shards`)")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            manifest = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise PrepError(f"{path}: unreadable manifest ({error})") from None
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise PrepError(
+            f"{path}: format version {manifest.get('format_version')}, this tool reads {FORMAT_VERSION}"
+        )
+    return manifest
+
+
+def shard_set_folders(path: str) -> list[str]:
+    """`path` itself if it is a shard set, else its `seq*/` subfolders that are."""
+    if os.path.isfile(os.path.join(path, MANIFEST_FILE)):
+        return [path]
+    if not os.path.isdir(path):
+        raise PrepError(f"{path}: no such folder")
+    found = sorted(
+        os.path.join(path, name)
+        for name in os.listdir(path)
+        if name.startswith("seq") and os.path.isfile(os.path.join(path, name, MANIFEST_FILE))
+    )
+    if not found:
+        raise PrepError(f"{path}: no {MANIFEST_FILE} here nor in seq*/ subfolders")
+    return found
+
+
+def verify_folder(folder: str) -> list[str]:
+    """Problems found in one shard set (empty when it is intact). Each names the shard."""
+    manifest = load_manifest(folder)
+    expected_schema = schema(manifest["tokenizer"]["vocab_size"])
+    problems = []
+    for shard in manifest["shards"]:
+        path = os.path.join(folder, shard["file"])
+        if not os.path.isfile(path):
+            problems.append(f"{path}: missing")
+            continue
+        size = os.path.getsize(path)
+        if size != shard["bytes"]:
+            problems.append(f"{path}: {size} bytes, manifest says {shard['bytes']} (truncated or replaced)")
+            continue
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        if digest.hexdigest() != shard["sha256"]:
+            problems.append(f"{path}: sha256 differs from the manifest (corrupt)")
+            continue
+        try:
+            table = open_shard(path)
+        except PrepError as error:
+            problems.append(str(error))
+            continue
+        if not table.schema.equals(expected_schema):
+            problems.append(f"{path}: schema {table.schema} is not {expected_schema}")
+        elif table.num_rows != shard["examples"]:
+            problems.append(f"{path}: {table.num_rows} examples, manifest says {shard['examples']}")
+        else:
+            lengths = pc.list_value_length(table.column("input_ids"))
+            tokens = int(pc.sum(lengths).as_py() or 0)
+            too_long = int(pc.sum(pc.greater(lengths, manifest["seq_len"])).as_py() or 0)
+            if tokens != shard["tokens"]:
+                problems.append(f"{path}: {tokens} tokens, manifest says {shard['tokens']}")
+            if too_long:
+                problems.append(f"{path}: {too_long} examples longer than {manifest['seq_len']}")
+    listed = {shard["file"] for shard in manifest["shards"]}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".arrow") and name not in listed:
+            problems.append(f"{os.path.join(folder, name)}: not listed in the manifest")
+    return problems

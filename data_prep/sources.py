@@ -1,0 +1,342 @@
+"""Readers that turn every supported source into one stream of documents, with the bad-input policy.
+
+A document is a list of paragraphs (or, for BookCorpus, of sentences that are already split). What is
+unusable is skipped and counted by reason in a `Counter` that ends up in the manifest; the first few
+skips of each reason are also reported on stderr with the file they came from. What cannot be read at
+all (a path that does not exist, a parquet file without a `text` column) is a `PrepError`.
+
+Source specs (`--source`, repeatable, read in the order given):
+
+- `bookcorpus` or `bookcorpus=DIR`: the hub's BookCorpus through `datasets.load_dataset(..., streaming=True)`
+  (DIR: a local copy with the same schema: a `text` column, one sentence per row). Rows carry no book
+  boundaries, so a document is `bookcorpus_doc_sentences` consecutive rows.
+- `wikipedia:CONFIG` or `wikipedia:CONFIG=DIR`: `wikimedia/wikipedia` with a dump config such as
+  `20231101.en`, streamed (DIR: a local copy with the same `text` column; CONFIG is then only a label).
+- a local file or folder (folders are read recursively in sorted path order, hidden files skipped):
+  - a folder saved by `datasets` (`save_to_disk`): one document per row of its `text` column;
+  - `*.parquet`, `*.jsonl`/`*.json` (JSON lines): one document per row of the `text` column;
+  - WikiExtractor output (a file whose first non-blank line starts with `<doc `): one document per
+    `<doc>` ... `</doc>`, the repeated title line dropped;
+  - any other file is plain UTF-8 text: blank lines separate documents, so a file with no blank line
+    is one document. One line is one paragraph.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from typing import Iterator
+
+from .config import PrepConfig, PrepError
+
+WARNINGS_PER_REASON = 5
+
+
+@dataclass
+class Document:
+    paragraphs: list[str]
+    presplit: bool = False  # paragraphs are sentences already (BookCorpus rows)
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(len(p) for p in self.paragraphs)
+
+
+class SkipCounter:
+    """Counts skipped inputs by reason; warns about the first few of each reason on stderr."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.counts: Counter = Counter()
+        self.quiet = quiet
+
+    def skip(self, reason: str, where: str, count: int = 1) -> None:
+        self.counts[reason] += count
+        if not self.quiet and self.counts[reason] - count < WARNINGS_PER_REASON:
+            print(f"data_prep: skipped ({reason}): {where}", file=sys.stderr)
+            if self.counts[reason] >= WARNINGS_PER_REASON:
+                print(f"data_prep: further '{reason}' skips are only counted", file=sys.stderr)
+
+
+@dataclass
+class SourceSpec:
+    kind: str  # bookcorpus | wikipedia | local
+    location: str  # hub id, or a local path
+    config_name: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.location if self.kind == "local" else f"{self.kind}({self.location})"
+
+
+def parse_source(spec: str) -> SourceSpec:
+    name, _, path = spec.partition("=")
+    if name == "bookcorpus":
+        return SourceSpec("bookcorpus", path or "bookcorpus")
+    if name.startswith("wikipedia:") or name == "wikipedia":
+        config_name = name.partition(":")[2]
+        if not config_name:
+            raise PrepError(f"--source {spec}: name a Wikipedia dump config, e.g. wikipedia:20231101.en")
+        return SourceSpec("wikipedia", path or "wikimedia/wikipedia", config_name)
+    if not os.path.exists(spec):
+        raise PrepError(f"--source {spec}: no such file or folder")
+    return SourceSpec("local", spec)
+
+
+def is_saved_dataset(path: str) -> bool:
+    return os.path.isdir(path) and (
+        os.path.exists(os.path.join(path, "dataset_dict.json"))
+        or os.path.exists(os.path.join(path, "state.json"))
+    )
+
+
+def list_files(path: str) -> list[str]:
+    if os.path.isfile(path):
+        return [path]
+    files = []
+    for root, dirs, names in os.walk(path):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files.extend(os.path.join(root, n) for n in sorted(names) if not n.startswith("."))
+    return files
+
+
+def total_input_bytes(specs: list[SourceSpec]) -> int | None:
+    """Size of all local inputs, for the progress bar's ETA; None when a source is streamed."""
+    total = 0
+    for spec in specs:
+        if spec.kind != "local":
+            return None
+        total += sum(os.path.getsize(f) for f in list_files(spec.location))
+    return total
+
+
+class DocumentReader:
+    """Iterates documents of all sources in order; `bytes_read` follows the input for progress."""
+
+    def __init__(self, specs: list[SourceSpec], config: PrepConfig, skips: SkipCounter) -> None:
+        self.specs = specs
+        self.config = config
+        self.skips = skips
+        self.max_line_bytes = int(config.max_line_mb * 1024 * 1024)
+        self.max_doc_bytes = int(config.shard_text_mb * 1024 * 1024)
+        self.bytes_read = 0
+
+    def __iter__(self) -> Iterator[Document]:
+        for spec in self.specs:
+            if spec.kind == "bookcorpus":
+                yield from self._bookcorpus(spec)
+            elif spec.kind == "wikipedia":
+                yield from self._row_documents(self._hub_rows(spec), spec.label)
+            elif is_saved_dataset(spec.location):
+                yield from self._row_documents(self._saved_dataset_rows(spec.location), spec.location)
+            else:
+                for path in list_files(spec.location):
+                    yield from self._file(path)
+
+    # -- local files ------------------------------------------------------------------------------
+
+    def _file(self, path: str) -> Iterator[Document]:
+        try:
+            size = os.path.getsize(path)
+        except OSError as error:
+            raise PrepError(f"{path}: cannot read ({error.strerror})") from None
+        if size == 0:
+            self.skips.skip("empty_file", path)
+            return
+        lower = path.lower()
+        if lower.endswith(".parquet"):
+            documents = self._row_documents(self._parquet_rows(path), path)
+        elif lower.endswith((".jsonl", ".json")):
+            documents = self._row_documents(self._jsonl_rows(path), path)
+        else:
+            documents = self._text_file(path)
+        count = 0
+        for count, document in enumerate(documents, start=1):
+            yield document
+        if count == 0:
+            self.skips.skip("file_without_text", path)
+
+    def _lines(self, path: str) -> Iterator[str]:
+        """Decoded lines without their newline; over-long and non-UTF-8 lines are skipped and counted.
+
+        Reads with a length limit so that a 100 MB line is never held in memory whole."""
+        try:
+            handle = open(path, "rb")
+        except OSError as error:
+            raise PrepError(f"{path}: cannot open ({error.strerror})") from None
+        with handle:
+            line_number = 0
+            while True:
+                raw = handle.readline(self.max_line_bytes + 1)
+                if not raw:
+                    return
+                line_number += 1
+                self.bytes_read += len(raw)
+                if len(raw) > self.max_line_bytes and not raw.endswith(b"\n"):
+                    while raw and not raw.endswith(b"\n"):  # drain the rest of the line
+                        raw = handle.readline(self.max_line_bytes)
+                        self.bytes_read += len(raw)
+                    self.skips.skip(
+                        "line_too_long", f"{path}:{line_number} (longer than --max-line-mb)"
+                    )
+                    yield ""  # keeps document boundaries where they were
+                    continue
+                try:
+                    yield raw.decode("utf-8").rstrip("\r\n")
+                except UnicodeDecodeError:
+                    self.skips.skip("line_not_utf8", f"{path}:{line_number} (not valid UTF-8)")
+                    yield ""
+
+    def _text_file(self, path: str) -> Iterator[Document]:
+        lines = self._lines(path)
+        first = ""
+        for first in lines:
+            if first.strip():
+                break
+        if first.lstrip().startswith("<doc "):
+            yield from self._wikiextractor(path, lines)
+            return
+        paragraphs = [first] if first.strip() else []
+        yield from self._blank_line_documents(path, paragraphs, lines)
+
+    def _blank_line_documents(
+        self, path: str, paragraphs: list[str], lines: Iterator[str]
+    ) -> Iterator[Document]:
+        size = sum(len(p) for p in paragraphs)
+        for line in lines:
+            if line.strip():
+                paragraphs.append(line)
+                size += len(line)
+                if size >= self.max_doc_bytes:
+                    self.skips.skip("document_cut_at_size_limit", path)
+                    yield Document(paragraphs)
+                    paragraphs, size = [], 0
+            elif paragraphs:
+                yield Document(paragraphs)
+                paragraphs, size = [], 0
+        if paragraphs:
+            yield Document(paragraphs)
+
+    def _wikiextractor(self, path: str, lines: Iterator[str]) -> Iterator[Document]:
+        paragraphs: list[str] | None = []  # the first <doc> line was consumed by the caller
+        title_pending = True
+        for line in lines:
+            stripped = line.strip()
+            if stripped.startswith("<doc "):
+                if paragraphs:
+                    self.skips.skip("unclosed_doc_tag", f"{path} (a <doc> has no </doc>; kept)")
+                    yield Document(paragraphs)
+                paragraphs, title_pending = [], True
+            elif stripped == "</doc>":
+                if paragraphs:
+                    yield Document(paragraphs)
+                else:
+                    self.skips.skip("empty_document", path)
+                paragraphs = None
+            elif paragraphs is None or not stripped:
+                continue
+            elif title_pending:
+                title_pending = False  # WikiExtractor repeats the title as the first line
+            else:
+                paragraphs.append(stripped)
+        if paragraphs:
+            self.skips.skip("unclosed_doc_tag", f"{path} (last <doc> has no </doc>; kept)")
+            yield Document(paragraphs)
+
+    # -- row sources (one document per row of a `text` column) -----------------------------------
+
+    def _row_documents(self, rows: Iterator[object], where: str) -> Iterator[Document]:
+        for text in rows:
+            if not isinstance(text, str):
+                self.skips.skip("row_without_text", where)
+                continue
+            self.bytes_read += len(text)
+            paragraphs = []
+            for line in text.split("\n"):
+                if len(line) > self.max_line_bytes:
+                    self.skips.skip("line_too_long", f"{where} (a row's line longer than --max-line-mb)")
+                elif line.strip():
+                    paragraphs.append(line)
+            if paragraphs:
+                yield Document(paragraphs)
+            else:
+                self.skips.skip("empty_document", where)
+
+    def _jsonl_rows(self, path: str) -> Iterator[object]:
+        for line_number, line in enumerate(self._lines(path), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                self.skips.skip("bad_json_line", f"{path}:{line_number}")
+                continue
+            yield row.get("text") if isinstance(row, dict) else None
+
+    def _parquet_rows(self, path: str) -> Iterator[object]:
+        import pyarrow.parquet as pq
+
+        try:
+            parquet = pq.ParquetFile(path)
+        except Exception as error:  # pyarrow raises several types for a damaged file
+            raise PrepError(f"{path}: not a readable parquet file ({error})") from None
+        if "text" not in parquet.schema_arrow.names:
+            raise PrepError(f"{path}: has no 'text' column (columns: {parquet.schema_arrow.names})")
+        for batch in parquet.iter_batches(batch_size=1024, columns=["text"]):
+            yield from batch.column(0).to_pylist()
+
+    def _saved_dataset_rows(self, path: str) -> Iterator[object]:
+        import datasets
+
+        loaded = datasets.load_from_disk(path)
+        splits = [loaded[name] for name in sorted(loaded)] if isinstance(loaded, datasets.DatasetDict) else [loaded]
+        for split in splits:
+            if "text" not in split.column_names:
+                raise PrepError(f"{path}: dataset has no 'text' column (columns: {split.column_names})")
+            for batch in split.select_columns(["text"]).iter(batch_size=1024):
+                yield from batch["text"]
+
+    # -- the datasets hub ------------------------------------------------------------------------
+
+    def _hub_rows(self, spec: SourceSpec) -> Iterator[object]:
+        import datasets
+
+        local = os.path.exists(spec.location)
+        try:
+            if local or spec.config_name is None:
+                stream = datasets.load_dataset(spec.location, split="train", streaming=True)
+            else:
+                stream = datasets.load_dataset(
+                    spec.location, spec.config_name, split="train", streaming=True
+                )
+            if "text" not in (stream.column_names or ["text"]):
+                raise PrepError(f"{spec.label}: has no 'text' column (columns: {stream.column_names})")
+            for row in stream:
+                yield row.get("text")
+        except PrepError:
+            raise
+        except Exception as error:  # datasets raises many types for network and schema problems
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise PrepError(
+                f"--source {spec.label}: cannot load ({first_line}); check the network or pass a local "
+                f"copy with the same schema as {spec.kind}...=DIR"
+            ) from None
+
+    def _bookcorpus(self, spec: SourceSpec) -> Iterator[Document]:
+        sentences: list[str] = []
+        for text in self._hub_rows(spec):
+            if not isinstance(text, str) or not text.strip():
+                self.skips.skip("empty_row", spec.label)
+                continue
+            if len(text) > self.max_line_bytes:
+                self.skips.skip("line_too_long", f"{spec.label} (a row longer than --max-line-mb)")
+                continue
+            self.bytes_read += len(text)
+            sentences.append(text.strip())
+            if len(sentences) == self.config.bookcorpus_doc_sentences:
+                yield Document(sentences, presplit=True)
+                sentences = []
+        if sentences:
+            yield Document(sentences, presplit=True)
