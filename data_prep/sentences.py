@@ -19,23 +19,26 @@ import blingfire
 _CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 
 
+PARAGRAPH_SEPARATOR = "\u2029"
+
+
 def clean(text: str) -> str:
     if "\t" in text:
         text = text.replace("\t", " ")
+    if PARAGRAPH_SEPARATOR in text:
+        text = text.replace(PARAGRAPH_SEPARATOR, " ")
     return _CONTROL.sub("", text).strip()
 
 
 def split_sentences(paragraphs: list[str], presplit: bool) -> list[str]:
-    """Sentences of one document, in order; empty ones dropped."""
-    sentences: list[str] = []
-    for paragraph in paragraphs:
-        paragraph = clean(paragraph)
-        if not paragraph:
-            continue
-        if presplit:
-            sentences.append(paragraph)
-            continue
-        for sentence in blingfire.text_to_sentences(paragraph).split("\n"):
-            if sentence.strip():
-                sentences.append(sentence)
-    return sentences
+    """Sentences of one document, in order; empty ones dropped.
+
+    One Bling Fire call per document: a call per paragraph costs more in ctypes overhead than the
+    splitting itself. Paragraphs are joined with U+2029 (PARAGRAPH SEPARATOR), after which Bling Fire
+    always ends a sentence (a newline it would join), so a paragraph boundary stays a sentence boundary."""
+    cleaned = [c for c in (clean(p) for p in paragraphs) if c]
+    if presplit:
+        return cleaned
+    split = blingfire.text_to_sentences(PARAGRAPH_SEPARATOR.join(cleaned))
+    split = split.replace(PARAGRAPH_SEPARATOR + "\n", "\n").replace(PARAGRAPH_SEPARATOR, "\n")
+    return [sentence for sentence in split.split("\n") if sentence.strip()]

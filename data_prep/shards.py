@@ -41,7 +41,7 @@ def build_table(
     ids: np.ndarray, offsets: np.ndarray, a_lengths: np.ndarray, labels: np.ndarray, vocab_size: int
 ) -> pa.Table:
     value_type = token_type(vocab_size)
-    values = pa.array(ids.astype(value_type.to_pandas_dtype(), copy=False), type=value_type)
+    values = pa.array(ids.astype(np.uint16 if value_type == pa.uint16() else np.uint32), type=value_type)
     input_ids = pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), values)
     return pa.Table.from_arrays(
         [
