@@ -138,8 +138,6 @@ def command_shards(args: argparse.Namespace) -> None:
     if args.num_proc < 1:
         raise PrepError(f"--num-proc {args.num_proc}: must be at least 1")
     config = prep_config(args)
-    if not args.quiet:
-        print("data_prep: resolved config " + json.dumps(config.to_dict()) + f" num_proc={args.num_proc}", file=sys.stderr)
     run_shards(config, args.vocab, args.out, args.num_proc, progress=not args.quiet)
 
 
@@ -189,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         return handlers[args.command](args) or 0
     except PrepError as error:
         print(f"data_prep: error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as error:  # an environment failure no check foresaw: still one line, naming the file
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"data_prep: error: {where}{error.strerror or error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("data_prep: interrupted; rerun the same command to resume", file=sys.stderr)

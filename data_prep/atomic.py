@@ -6,9 +6,23 @@ final name only once every byte of it is on disk.
 
 from __future__ import annotations
 
+import errno
 import os
 
+from .config import PrepError
+
 TMP_SUFFIX = ".tmp"
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def write_error(path: str, error: OSError) -> PrepError:
+    """The one-line error for a failed write of `path`."""
+    if error.errno in DISK_FULL_ERRNOS:
+        return PrepError(
+            f"{path}: disk full while writing ({error.strerror}); free space and rerun the same command: "
+            "finished work is kept"
+        )
+    return PrepError(f"{path}: cannot write ({error.strerror})")
 
 
 def fsync_dir(path: str) -> None:
@@ -34,12 +48,15 @@ def commit(tmp_path: str, final_path: str) -> None:
     fsync_dir(os.path.dirname(os.path.abspath(final_path)))
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
+def atomic_write_bytes(path: str, data) -> None:
     tmp_path = tmp_name(path)
     try:
         with open(tmp_path, "wb") as handle:
             handle.write(data)
         commit(tmp_path, path)
+    except OSError as error:
+        remove_quietly(tmp_path)
+        raise write_error(path, error) from None
     except BaseException:
         remove_quietly(tmp_path)
         raise

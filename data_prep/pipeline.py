@@ -176,7 +176,7 @@ def process_unit(unit_index: int, documents: list[Document], reader_skips: dict)
     for seq_len in config.seq_lens:  # the unit counts as done once its record is in every folder
         progress = os.path.join(_worker["out_dir"], f"seq{seq_len}", PROGRESS_DIR)
         atomic_write_bytes(os.path.join(progress, f"unit-{unit_index:06d}.json"), data)
-    return record
+    return json.loads(data)  # the same form a resumed run reads back, so manifests match byte for byte
 
 
 # -- the run (main process) ----------------------------------------------------------------------
@@ -260,6 +260,8 @@ def run_shards(config: PrepConfig, vocab_dir: str, out_dir: str, num_proc: int, 
         raise PrepError("--source: give at least one source")
     info = tokenizer_info(vocab_dir)
     output = OutputFolder(out_dir, config, info)
+    if progress:
+        print(f"data_prep: resolved config {json.dumps(config.to_dict())} num_proc={num_proc}", file=sys.stderr)
     folders = {n: os.path.join(out_dir, f"seq{n}") for n in config.seq_lens}
     if all(os.path.isfile(os.path.join(f, MANIFEST_FILE)) for f in folders.values()) and not any(
         os.listdir(os.path.join(f, PROGRESS_DIR)) for f in folders.values() if os.path.isdir(os.path.join(f, PROGRESS_DIR))

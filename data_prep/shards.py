@@ -8,7 +8,6 @@ O(1) lookup through the list offsets, and nothing is read from disk until it is 
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 
@@ -16,11 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .atomic import commit, remove_quietly, tmp_name
+from .atomic import atomic_write_bytes
 from .config import PrepError
 
 SHARD_PATTERN = "shard-{:06d}.arrow"
-DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
 def token_type(vocab_size: int) -> pa.DataType:
@@ -59,19 +57,7 @@ def write_shard(path: str, table: pa.Table) -> dict:
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table, max_chunksize=8192)
     data = sink.getvalue()
-    tmp_path = tmp_name(path)
-    try:
-        with open(tmp_path, "wb") as handle:
-            handle.write(data)
-        commit(tmp_path, path)
-    except OSError as error:
-        remove_quietly(tmp_path)
-        if error.errno in DISK_FULL_ERRNOS:
-            raise PrepError(
-                f"{path}: disk full while writing ({error.strerror}); free space and rerun the same "
-                "command: finished shards are kept"
-            ) from None
-        raise PrepError(f"{path}: cannot write ({error.strerror})") from None
+    atomic_write_bytes(path, data)
     labels = table.column("sop_label")
     return {
         "file": os.path.basename(path),

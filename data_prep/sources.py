@@ -106,9 +106,12 @@ def total_input_bytes(specs: list[SourceSpec]) -> int | None:
     """Size of all local inputs, for the progress bar's ETA; None when a source is streamed."""
     total = 0
     for spec in specs:
-        if spec.kind != "local":
+        if spec.kind != "local" or is_saved_dataset(spec.location):
             return None
-        total += sum(os.path.getsize(f) for f in list_files(spec.location))
+        files = list_files(spec.location)
+        if any(f.lower().endswith(".parquet") for f in files):
+            return None  # compressed: file size says little about the text inside
+        total += sum(os.path.getsize(f) for f in files)
     return total
 
 
@@ -149,7 +152,7 @@ class DocumentReader:
         if lower.endswith(".parquet"):
             documents = self._row_documents(self._parquet_rows(path), path)
         elif lower.endswith((".jsonl", ".json")):
-            documents = self._row_documents(self._jsonl_rows(path), path)
+            documents = self._row_documents(self._jsonl_rows(path), path, count_bytes=False)
         else:
             documents = self._text_file(path)
         count = 0
@@ -158,8 +161,9 @@ class DocumentReader:
         if count == 0:
             self.skips.skip("file_without_text", path)
 
-    def _lines(self, path: str) -> Iterator[str]:
-        """Decoded lines without their newline; over-long and non-UTF-8 lines are skipped and counted.
+    def _lines(self, path: str) -> Iterator[str | None]:
+        """Decoded lines without their newline; over-long and non-UTF-8 lines are skipped, counted and
+        stand as None (so line numbers stay right and a skipped line does not end a document).
 
         Reads with a length limit so that a 100 MB line is never held in memory whole."""
         try:
@@ -181,16 +185,16 @@ class DocumentReader:
                     self.skips.skip(
                         "line_too_long", f"{path}:{line_number} (longer than --max-line-mb)"
                     )
-                    yield ""  # keeps document boundaries where they were
+                    yield None  # the line is left out; it does not end a document
                     continue
                 try:
                     yield raw.decode("utf-8").rstrip("\r\n")
                 except UnicodeDecodeError:
                     self.skips.skip("line_not_utf8", f"{path}:{line_number} (not valid UTF-8)")
-                    yield ""
+                    yield None
 
     def _text_file(self, path: str) -> Iterator[Document]:
-        lines = self._lines(path)
+        lines = (line for line in self._lines(path) if line is not None)
         first = ""
         for first in lines:
             if first.strip():
@@ -247,12 +251,13 @@ class DocumentReader:
 
     # -- row sources (one document per row of a `text` column) -----------------------------------
 
-    def _row_documents(self, rows: Iterator[object], where: str) -> Iterator[Document]:
+    def _row_documents(self, rows: Iterator[object], where: str, count_bytes: bool = True) -> Iterator[Document]:
         for text in rows:
             if not isinstance(text, str):
                 self.skips.skip("row_without_text", where)
                 continue
-            self.bytes_read += len(text)
+            if count_bytes:  # JSON lines are counted as read, in file bytes
+                self.bytes_read += len(text)
             paragraphs = []
             for line in text.split("\n"):
                 if len(line) > self.max_line_bytes:
@@ -266,7 +271,7 @@ class DocumentReader:
 
     def _jsonl_rows(self, path: str) -> Iterator[object]:
         for line_number, line in enumerate(self._lines(path), start=1):
-            if not line.strip():
+            if line is None or not line.strip():
                 continue
             try:
                 row = json.loads(line)

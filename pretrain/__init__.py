@@ -1,0 +1,1 @@
+"""SqueezeBERT model, pretraining heads and the DeepSpeed trainer (see README.md)."""

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the project and its dependencies with the right PyTorch for this machine.
+#
+#   bash scripts/install.sh          # the package
+#   bash scripts/install.sh --test   # the package and the test tools (pytest, hypothesis, transformers)
+#
+# PyTorch is installed first and pinned (TORCH_SPEC, default torch==2.13.0): on a GPU node that is the
+# CUDA build from PyPI; on a CPU-only machine with a local CPU wheel (pip find-links) it is that wheel;
+# elsewhere set TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu for the CPU build. Left to another
+# package's dependency resolution, an unpinned torch would pull several GB of CUDA packages.
+# DeepSpeed builds from source and its setup.py imports torch: it is built against the torch installed
+# here (--no-build-isolation), not against another torch downloaded into an isolated build environment.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+DEEPSPEED_SPEC=${DEEPSPEED_SPEC:-deepspeed==0.19.8}
+extras=""
+[[ "${1:-}" == "--test" ]] && extras="[test]"
+
+pip_install() { PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install --quiet --disable-pip-version-check "$@"; }
+
+if ! "$PYTHON" -c "import torch" 2>/dev/null; then
+    pip_install "$TORCH_SPEC" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
+fi
+pip_install setuptools wheel ninja
+"$PYTHON" -c "import importlib.metadata as m; m.version('deepspeed')" >/dev/null 2>&1 || pip_install --no-build-isolation "$DEEPSPEED_SPEC"
+pip_install -e ".${extras}"
+echo "install: $("$PYTHON" -c "import importlib.metadata as m; print('torch', m.version('torch'), 'deepspeed', m.version('deepspeed'))")"

@@ -1,0 +1,206 @@
+"""`python -m data_prep` end to end, in real processes, on real Wikipedia text."""
+
+import filecmp
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import ROOT, run_cli
+
+SMALL_UNITS = ["--shard-text-mb", "0.25"]  # many work units from 2 MB, to exercise scheduling and resume
+
+
+def shard_files(out):
+    return sorted(
+        os.path.relpath(os.path.join(root, name), out)
+        for root, _, names in os.walk(out)
+        for name in names
+        if name.endswith((".arrow", "manifest.json"))
+    )
+
+
+def assert_same_shards(left, right):
+    files = shard_files(left)
+    assert files == shard_files(right) and files
+    mismatch = [f for f in files if not filecmp.cmp(os.path.join(left, f), os.path.join(right, f), shallow=False)]
+    assert mismatch == []
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, small_corpus, vocab_dir):
+    out = tmp_path_factory.mktemp("reference")
+    run_cli("shards", "--source", small_corpus, "--vocab", vocab_dir, "--out", out, "--num-proc", "1", *SMALL_UNITS)
+    return str(out)
+
+
+def test_shard_sets_are_complete_and_readable(reference):
+    import datasets
+
+    for seq_len in (128, 512):
+        folder = os.path.join(reference, f"seq{seq_len}")
+        manifest = json.load(open(os.path.join(folder, "manifest.json")))
+        assert manifest["seq_len"] == seq_len and manifest["format_version"] == 1
+        assert manifest["inputs"]["documents"] == 91  # wiki_00 + wiki_01 hold 38 + 53 articles
+        assert manifest["totals"]["examples"] == sum(s["examples"] for s in manifest["shards"]) > 0
+        assert manifest["tokenizer"]["vocab_size"] == 8000
+        assert 0.45 < manifest["totals"]["sop_swapped"] / manifest["totals"]["examples"] < 0.55
+        dataset = datasets.Dataset.from_file(os.path.join(folder, manifest["shards"][0]["file"]))
+        assert dataset.num_rows == manifest["shards"][0]["examples"]
+        assert str(dataset.features["input_ids"].feature.dtype) == "uint16"
+        example = dataset[dataset.num_rows // 2]
+        ids = example["input_ids"]
+        assert len(ids) <= seq_len and ids[0] == 2 and ids[-1] == 3 and ids[example["a_length"] + 1] == 3
+    assert run_cli("verify", reference).stdout.count(": ok") == 2
+
+
+def test_inspect_json_and_stats(reference):
+    result = run_cli("inspect", os.path.join(reference, "seq128"), "-n", "4", "--json")
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    examples, stats = lines[:4], lines[4]["stats"]
+    for example in examples:
+        assert example["tokens"][0] == "[CLS]" and example["tokens"][-1] == "[SEP]"
+        assert example["tokens"].count("[SEP]") == 2 and example["sop_label"] in (0, 1)
+    assert stats["examples"] > 0 and 0 <= stats["padding_fraction_static"] < 1
+    assert sum(stats["length_histogram"].values()) == stats["examples"]
+    text = run_cli("inspect", reference, "-n", "1").stdout
+    assert "SOP balance" in text and "A: " in text
+
+
+def test_same_bytes_whatever_the_number_of_processes(reference, small_corpus, vocab_dir, tmp_path):
+    run_cli("shards", "--source", small_corpus, "--vocab", vocab_dir, "--out", tmp_path, "--num-proc", "2",
+            *SMALL_UNITS)
+    assert_same_shards(reference, str(tmp_path))
+
+
+def test_parts_together_are_the_single_run(reference, small_corpus, vocab_dir, tmp_path):
+    for part in range(3):
+        run_cli("shards", "--source", small_corpus, "--vocab", vocab_dir, "--out", tmp_path / f"part{part}",
+                "--part", f"{part}/3", "--num-proc", "1", *SMALL_UNITS)
+    for seq_len in ("seq128", "seq512"):
+        single = json.load(open(os.path.join(reference, seq_len, "manifest.json")))["shards"]
+        merged = []
+        for part in range(3):
+            manifest = json.load(open(tmp_path / f"part{part}" / seq_len / "manifest.json"))
+            assert manifest["part"] == {"index": part, "count": 3}
+            merged += manifest["shards"]
+            for shard in manifest["shards"]:
+                assert filecmp.cmp(os.path.join(reference, seq_len, shard["file"]),
+                                   tmp_path / f"part{part}" / seq_len / shard["file"], shallow=False)
+        assert sorted(merged, key=lambda s: s["unit"]) == single
+
+
+def test_kill_and_rerun_gives_identical_shards(reference, small_corpus, vocab_dir, tmp_path):
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "data_prep", "shards", "--source", small_corpus, "--vocab", vocab_dir,
+               "--out", str(out), "--num-proc", "2", "--quiet", *SMALL_UNITS]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    progress = out / "seq512" / ".progress"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if progress.is_dir() and len(os.listdir(progress)) >= 2:
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before it could be killed; use smaller units"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not (out / "seq128" / "manifest.json").exists()  # a killed run is never taken as complete
+    run_cli(*command[3:])  # the same command again
+    assert_same_shards(reference, str(out))
+    again = run_cli(*command[3:])
+    assert "nothing to do" in again.stderr
+
+
+def test_verify_names_a_corrupt_or_truncated_shard(reference, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(reference, copy)
+    manifest = json.load(open(copy / "seq128" / "manifest.json"))
+    corrupt, truncated = manifest["shards"][0]["file"], manifest["shards"][1]["file"]
+    with open(copy / "seq128" / corrupt, "r+b") as handle:
+        handle.seek(1000)
+        byte = handle.read(1)
+        handle.seek(1000)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    with open(copy / "seq128" / truncated, "r+b") as handle:
+        handle.truncate(500)
+    result = run_cli("verify", copy, check=False)
+    assert result.returncode == 1
+    assert f"{corrupt}: sha256 differs" in result.stderr and f"{truncated}: 500 bytes" in result.stderr
+    assert "seq512: ok" in result.stdout
+
+
+def one_line_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_bad_input_gives_one_line_errors(vocab_dir, tmp_path):
+    one_line_error(run_cli("shards", "--source", tmp_path / "missing", "--vocab", vocab_dir, "--out", tmp_path / "o",
+                           check=False), "missing", "no such file")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "a.txt").write_bytes(b"")
+    (tmp_path / "empty" / "b.txt").write_bytes(b"\n\n  \n")
+    result = run_cli("shards", "--source", tmp_path / "empty", "--vocab", vocab_dir, "--out", tmp_path / "o2",
+                     "--quiet", check=False)
+    one_line_error(result, "no usable documents", "empty_file")
+    assert not (tmp_path / "o2" / "seq128" / "manifest.json").exists()
+    (tmp_path / "a_file").write_text("x")
+    one_line_error(run_cli("shards", "--source", tmp_path / "empty", "--vocab", vocab_dir,
+                           "--out", tmp_path / "a_file" / "out", check=False), "--out", "cannot write")
+    one_line_error(run_cli("shards", "--source", tmp_path / "empty", "--vocab", tmp_path, "--out", tmp_path / "o3",
+                           check=False), "--vocab", "tokenizer.json")
+    one_line_error(run_cli("shards", "--source", tmp_path / "empty", "--vocab", vocab_dir, "--out", tmp_path / "o4",
+                           "--part", "3/3", check=False), "--part")
+
+
+def test_changed_settings_do_not_mix_into_an_existing_output(reference, small_corpus, vocab_dir):
+    result = run_cli("shards", "--source", small_corpus, "--vocab", vocab_dir, "--out", reference, "--seed", "7",
+                     *SMALL_UNITS, check=False)
+    one_line_error(result, "other settings", "seed")
+
+
+def test_disk_full_is_a_clear_error_and_a_rerun_completes(small_corpus, vocab_dir, tmp_path):
+    """A file-size limit makes writes fail with EFBIG, as a full disk fails them with ENOSPC."""
+    out = tmp_path / "full"
+    command = ["shards", "--source", small_corpus, "--vocab", vocab_dir, "--out", str(out), "--num-proc", "1",
+               "--quiet", "--shard-text-mb", "0.5"]  # shards of ~260 kB; tokenizer.json is ~175 kB
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (180_000, 180_000))
+
+    result = run_cli(*command, check=False, preexec_fn=limit_file_size)
+    one_line_error(result, "disk full", ".arrow")
+    assert not any(name.endswith(".tmp") for _, _, names in os.walk(out) for name in names)
+    assert not (out / "seq128" / "manifest.json").exists()
+    run_cli(*command)
+    assert run_cli("verify", out).stdout.count(": ok") == 2
+
+
+def test_vocab_import_round_trip(vocab_dir, tmp_path):
+    run_cli("vocab", "--import-vocab", os.path.join(vocab_dir, "vocab.txt"), "--out", tmp_path)
+    assert open(tmp_path / "vocab.txt").read() == open(os.path.join(vocab_dir, "vocab.txt")).read()
+    import shutil
+
+    from tokenizers import Tokenizer
+    from transformers import SqueezeBertTokenizer
+
+    only_vocab_txt = tmp_path / "vocab_txt_only"
+    only_vocab_txt.mkdir()
+    shutil.copy(tmp_path / "vocab.txt", only_vocab_txt)
+    text = "Anarchism is a political philosophy, Über-simple; naïve 1984."
+    ours = Tokenizer.from_file(str(tmp_path / "tokenizer.json")).encode(text).ids
+    for folder in (only_vocab_txt, tmp_path):  # what transformers reads: vocab.txt alone, or tokenizer.json
+        assert SqueezeBertTokenizer.from_pretrained(str(folder))(text)["input_ids"] == ours
+    one_line_error(run_cli("vocab", "--import-vocab", tmp_path / "nope.txt", "--out", tmp_path / "v", check=False),
+                   "--import-vocab", "no such file")
