@@ -1,0 +1,187 @@
+"""Moving weights between this project and transformers' SqueezeBERT format.
+
+- `export_headless`: the "headless" transformers model (as the released `squeezebert-mnli-headless`): the
+  encoder and the MLM head, without the SOP head. `SqueezeBertForSequenceClassification.from_pretrained`
+  finds every encoder weight (only its new classifier is initialized) and `SqueezeBertForMaskedLM` finds
+  the MLM head too. Writes `config.json`, `model.safetensors` and, when known, the tokenizer files.
+- `import_transformers`: a transformers-format SqueezeBERT folder as initial weights (continued
+  pretraining from released weights); heads missing from it keep their fresh initialization.
+- A model folder (`model_config.json` + `model.safetensors` [+ `vocab/`]) is the project's own portable
+  form of the pretraining model, SOP head included.
+
+The parameter names of `pretrain.model` are transformers' own, so the mapping is the identity on every
+key; the tied decoder weight is never stored (transformers ties it to the word embeddings on load).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .heads import SqueezeBertForPretraining
+from .model import ModelConfig
+
+MODEL_CONFIG_FILE = "model_config.json"
+WEIGHTS_FILE = "model.safetensors"
+TRANSFORMERS_CONFIG_KEYS = [
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
+    "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",
+    "initializer_range", "layer_norm_eps", "pad_token_id", "q_groups", "k_groups", "v_groups",
+    "post_attention_groups", "intermediate_groups", "output_groups",
+]
+SOP_PREFIX = "sop_classifier."
+
+
+class ExportError(ValueError):
+    """A checkpoint or folder that cannot be read or written; the message names it."""
+
+
+def transformers_config(config: ModelConfig) -> dict:
+    values = {key: getattr(config, key) for key in TRANSFORMERS_CONFIG_KEYS}
+    return {
+        "architectures": ["SqueezeBertForMaskedLM"],
+        "model_type": "squeezebert",
+        "embedding_size": config.hidden_size,
+        **values,
+    }
+
+
+def model_config_from_transformers(values: dict, source: str) -> ModelConfig:
+    if values.get("model_type") != "squeezebert":
+        raise ExportError(f"{source}: model_type is {values.get('model_type')!r}, not 'squeezebert'")
+    if values.get("embedding_size", values["hidden_size"]) != values["hidden_size"]:
+        raise ExportError(f"{source}: embedding_size differs from hidden_size, which SqueezeBERT does not support")
+    defaults = ModelConfig()
+    return ModelConfig(**{key: values.get(key, getattr(defaults, key)) for key in TRANSFORMERS_CONFIG_KEYS})
+
+
+def headless_state_dict(model: SqueezeBertForPretraining) -> dict[str, torch.Tensor]:
+    return {
+        key: tensor.detach().to("cpu", torch.float32).contiguous()
+        for key, tensor in model.state_dict().items()
+        if not key.startswith(SOP_PREFIX)
+    }
+
+
+def _write_json(path: str, values: dict) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(values, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+
+
+def check_vocab(vocab_dir: str, config: ModelConfig) -> None:
+    vocab_txt = os.path.join(vocab_dir, "vocab.txt")
+    if not os.path.isfile(vocab_txt):
+        raise ExportError(f"--vocab {vocab_dir}: no vocab.txt there")
+    with open(vocab_txt, encoding="utf-8") as handle:
+        size = sum(1 for _ in handle)
+    if size > config.vocab_size:
+        raise ExportError(
+            f"--vocab {vocab_dir}: {size} wordpieces, more than the model's vocab_size {config.vocab_size}; "
+            "this vocabulary was not the model's"
+        )
+
+
+def _write_tokenizer(vocab_dir: str, out_dir: str, config: ModelConfig) -> None:
+    for name in ("tokenizer.json", "vocab.txt"):
+        source = os.path.join(vocab_dir, name)
+        if os.path.isfile(source):
+            shutil.copyfile(source, os.path.join(out_dir, name))
+    _write_json(os.path.join(out_dir, "tokenizer_config.json"), {
+        "tokenizer_class": "SqueezeBertTokenizer", "do_lower_case": True,
+        "model_max_length": config.max_position_embeddings,
+        "unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]", "mask_token": "[MASK]",
+    })
+
+
+def export_headless(model: SqueezeBertForPretraining, out_dir: str, vocab_dir: str | None = None) -> None:
+    """Write the transformers-format headless model (see the module docstring) to `out_dir`."""
+    if vocab_dir:
+        check_vocab(vocab_dir, model.config)
+    tmp_dir = out_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    os.makedirs(tmp_dir)
+    save_file(headless_state_dict(model), os.path.join(tmp_dir, WEIGHTS_FILE), metadata={"format": "pt"})
+    _write_json(os.path.join(tmp_dir, "config.json"), transformers_config(model.config))
+    if vocab_dir:
+        _write_tokenizer(vocab_dir, tmp_dir, model.config)
+    if os.path.exists(out_dir):  # replace a previous export only once the new one is complete
+        shutil.rmtree(out_dir)
+    os.replace(tmp_dir, out_dir)
+
+
+def save_model_folder(model: SqueezeBertForPretraining, out_dir: str, vocab_dir: str | None = None) -> None:
+    """The project's portable model folder: all weights including the SOP head, and the model config."""
+    os.makedirs(out_dir, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    save_file(state, os.path.join(out_dir, WEIGHTS_FILE), metadata={"format": "pt"})
+    _write_json(os.path.join(out_dir, MODEL_CONFIG_FILE), model.config.to_dict())
+    if vocab_dir:
+        os.makedirs(os.path.join(out_dir, "vocab"), exist_ok=True)
+        for name in ("tokenizer.json", "vocab.txt"):
+            if os.path.isfile(os.path.join(vocab_dir, name)):
+                shutil.copyfile(os.path.join(vocab_dir, name), os.path.join(out_dir, "vocab", name))
+
+
+def _load_weights(folder: str) -> dict[str, torch.Tensor]:
+    safetensors_path = os.path.join(folder, WEIGHTS_FILE)
+    if os.path.isfile(safetensors_path):
+        return load_file(safetensors_path)
+    bin_path = os.path.join(folder, "pytorch_model.bin")
+    if os.path.isfile(bin_path):
+        return torch.load(bin_path, map_location="cpu", weights_only=True)
+    raise ExportError(f"{folder}: no {WEIGHTS_FILE} or pytorch_model.bin")
+
+
+def import_transformers(folder: str) -> tuple[SqueezeBertForPretraining, list[str]]:
+    """A pretraining model initialized from a transformers SqueezeBERT folder; returns it and the names of
+    the parameters the folder did not have (kept at their fresh initialization)."""
+    config_path = os.path.join(folder, "config.json")
+    if not os.path.isfile(config_path):
+        raise ExportError(f"{folder}: no config.json; not a transformers model folder")
+    with open(config_path, encoding="utf-8") as handle:
+        config = model_config_from_transformers(json.load(handle), config_path)
+    model = SqueezeBertForPretraining(config)
+    weights = _load_weights(folder)
+    # Base-model-only checkpoints (SqueezeBertModel.save_pretrained) have no `transformer.` prefix.
+    if not any(k.startswith("transformer.") for k in weights):
+        weights = {f"transformer.{k}": v for k, v in weights.items()}
+    expected = model.state_dict()
+    usable = {k: v for k, v in weights.items() if k in expected}
+    for key, tensor in usable.items():
+        if tensor.shape != expected[key].shape:
+            raise ExportError(f"{folder}: {key} has shape {tuple(tensor.shape)}, the config implies {tuple(expected[key].shape)}")
+    missing = sorted(set(expected) - set(usable))
+    required_missing = [k for k in missing if k.startswith("transformer.")]
+    if required_missing:
+        raise ExportError(f"{folder}: encoder weights missing: {required_missing[:5]}{'...' if len(required_missing) > 5 else ''}")
+    model.load_state_dict(usable, strict=False)
+    return model, missing
+
+
+def load_model_folder(folder: str) -> SqueezeBertForPretraining:
+    config_path = os.path.join(folder, MODEL_CONFIG_FILE)
+    with open(config_path, encoding="utf-8") as handle:
+        config = ModelConfig.from_dict(json.load(handle), config_path)
+    model = SqueezeBertForPretraining(config)
+    weights = _load_weights(folder)
+    result = model.load_state_dict(weights, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ExportError(f"{folder}: weights do not match the config (missing {result.missing_keys[:3]}, "
+                          f"unexpected {result.unexpected_keys[:3]})")
+    return model
+
+
+def load_any(path: str) -> tuple[SqueezeBertForPretraining, str | None]:
+    """A model from a project model folder or a transformers folder, and its vocabulary folder if any."""
+    if os.path.isfile(os.path.join(path, MODEL_CONFIG_FILE)):
+        vocab = os.path.join(path, "vocab")
+        return load_model_folder(path), vocab if os.path.isdir(vocab) else None
+    if os.path.isfile(os.path.join(path, "config.json")):
+        model, _missing = import_transformers(path)
+        return model, path if os.path.isfile(os.path.join(path, "vocab.txt")) else None
+    raise ExportError(f"--checkpoint {path}: neither a model folder ({MODEL_CONFIG_FILE}) nor a transformers folder (config.json)")

@@ -1,0 +1,106 @@
+"""Pretraining heads (MLM, SOP), their losses, and the model that joins them to the encoder.
+
+The MLM head gathers the masked positions before its transform and vocabulary projection: with 15% of
+tokens masked (at most 20 of 128) that skips ~85% of the projection, which at full length costs about as
+much as the whole encoder (2 * 768 * 30528 FLOPs per token against ~55M). Labels use transformers'
+convention (-100 = not masked), so a batch from `DataCollatorForLanguageModeling` works unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .model import ModelConfig, SqueezeBertModel, init_weights
+
+IGNORE_INDEX = -100
+
+
+class PredictionHeadTransform(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(F.gelu(self.dense(hidden)))
+
+
+class MLMHead(nn.Module):
+    """Transform (dense, GELU, LayerNorm) then the decoder tied to the word embeddings, plus a bias.
+
+    Named as transformers' `cls.predictions`; the decoder weight is the embedding matrix itself, not a copy."""
+
+    def __init__(self, config: ModelConfig, word_embeddings: nn.Embedding) -> None:
+        super().__init__()
+        self.transform = PredictionHeadTransform(config)
+        self.word_embeddings = [word_embeddings]  # a list: not registered twice as a submodule
+        self.bias = nn.Parameter(torch.zeros(config.vocab_size))
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return F.linear(self.transform(hidden), self.word_embeddings[0].weight, self.bias)
+
+
+class OnlyMLMHead(nn.Module):
+    def __init__(self, config: ModelConfig, word_embeddings: nn.Embedding) -> None:
+        super().__init__()
+        self.predictions = MLMHead(config, word_embeddings)
+
+
+@dataclass
+class PretrainingOutput:
+    loss: torch.Tensor  # mlm_loss + sop_loss
+    mlm_loss: torch.Tensor
+    sop_loss: torch.Tensor
+    mlm_accuracy: torch.Tensor
+    sop_accuracy: torch.Tensor
+    mlm_logits: torch.Tensor  # [masked tokens, V], in row-major order of the masked positions
+    sop_logits: torch.Tensor  # [N, 2]
+    num_masked: int
+
+
+class SqueezeBertForPretraining(nn.Module):
+    """Encoder + MLM head + SOP head (a linear classifier on the pooled [CLS] output, as ALBERT's)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = SqueezeBertModel(config)
+        self.cls = OnlyMLMHead(config, self.transformer.embeddings.word_embeddings)
+        self.sop_classifier = nn.Linear(config.hidden_size, 2)
+        init_weights(self, config.initializer_range)
+
+    def mlm_logits_at(self, hidden: torch.Tensor, mlm_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and labels at the masked positions only."""
+        flat_labels = mlm_labels.reshape(-1)
+        positions = (flat_labels != IGNORE_INDEX).nonzero().squeeze(1)
+        masked_hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
+        return self.cls.predictions(masked_hidden), flat_labels.index_select(0, positions)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        token_type_ids: torch.Tensor,
+        mlm_labels: torch.Tensor,  # [N, W], the original id at masked positions, -100 elsewhere
+        sop_labels: torch.Tensor,  # [N], 1 = segments swapped
+    ) -> PretrainingOutput:
+        hidden, pooled = self.transformer(input_ids, attention_mask, token_type_ids)
+        mlm_logits, masked_labels = self.mlm_logits_at(hidden, mlm_labels)
+        sop_logits = self.sop_classifier(pooled)
+        num_masked = masked_labels.numel()
+        if num_masked:
+            mlm_loss = F.cross_entropy(mlm_logits.float(), masked_labels)
+        else:  # keeps every parameter in the graph so gradients (zeros) are still all-reduced
+            mlm_loss = mlm_logits.sum() * 0.0
+        sop_loss = F.cross_entropy(sop_logits.float(), sop_labels)
+        with torch.no_grad():
+            mlm_accuracy = (mlm_logits.argmax(-1) == masked_labels).float().mean() if num_masked else mlm_loss.new_zeros(())
+            sop_accuracy = (sop_logits.argmax(-1) == sop_labels).float().mean()
+        return PretrainingOutput(
+            loss=mlm_loss + sop_loss, mlm_loss=mlm_loss, sop_loss=sop_loss, mlm_accuracy=mlm_accuracy,
+            sop_accuracy=sop_accuracy, mlm_logits=mlm_logits, sop_logits=sop_logits, num_masked=num_masked,
+        )

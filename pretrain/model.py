@@ -1,0 +1,279 @@
+"""The SqueezeBERT encoder (Iandola et al., 2020), one readable file.
+
+The math is transformers' `modeling_squeezebert.py`: BERT-base whose position-wise fully-connected layers
+are grouped 1x1 convolutions. The layout is not: transformers keeps activations as [N, C, W] for
+`nn.Conv1d` and permutes around every LayerNorm and attention; here activations stay [N, W, C]
+(channels last) and a grouped 1x1 convolution is a batched matmul over the groups, which is the same
+arithmetic with no permutes and runs ~1.5x faster on CPU. Attention is `scaled_dot_product_attention`
+(a fused kernel where the platform has one).
+
+Parameter names and shapes are transformers' (conv weights stay [C_out, C_in / groups, 1]), so a state dict
+moves between the two with a prefix and nothing else: see `pretrain.export`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PRESET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "model")
+
+
+class ConfigError(ValueError):
+    """A model config that cannot work; the message names the field."""
+
+
+@dataclass
+class ModelConfig:
+    """SqueezeBERT hyper-parameters, with the names of transformers' `SqueezeBertConfig`."""
+
+    vocab_size: int = 30528  # BERT's 30522 rounded up to a multiple of 64 for matmul tiles
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    q_groups: int = 4  # the paper's grouping: q/k/v 4, post-attention 1, intermediate 4, output 4
+    k_groups: int = 4
+    v_groups: int = 4
+    post_attention_groups: int = 1
+    intermediate_groups: int = 4
+    output_groups: int = 4
+    hidden_act: str = "gelu"  # exact (erf) GELU, as transformers' "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512  # phase 2 trains at 512
+    type_vocab_size: int = 2  # segments A and B
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02  # BERT's normal(0, 0.02)
+    pad_token_id: int = 0
+
+    def __post_init__(self) -> None:
+        if self.hidden_size % self.num_attention_heads:
+            raise ConfigError(
+                f"model.hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
+            )
+        for name in ("q_groups", "k_groups", "v_groups", "post_attention_groups", "intermediate_groups", "output_groups"):
+            groups = getattr(self, name)
+            channels = [self.hidden_size] + ([self.intermediate_size] if name in ("intermediate_groups", "output_groups") else [])
+            if groups < 1 or any(c % groups for c in channels):
+                raise ConfigError(f"model.{name} {groups} must divide the channels {channels}")
+        if self.hidden_act != "gelu":
+            raise ConfigError(f"model.hidden_act {self.hidden_act!r}: only 'gelu' (SqueezeBERT's) is implemented")
+        if not 0 <= self.pad_token_id < self.vocab_size:
+            raise ConfigError(f"model.pad_token_id {self.pad_token_id} is outside the vocabulary")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = "model config") -> "ModelConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown keys {unknown}")
+        return cls(**values)
+
+    @classmethod
+    def preset(cls, name: str) -> "ModelConfig":
+        path = os.path.join(PRESET_DIR, f"{name}.json")
+        if not os.path.isfile(path):
+            known = sorted(n[:-5] for n in os.listdir(PRESET_DIR) if n.endswith(".json"))
+            raise ConfigError(f"model preset {name!r} not found; known presets: {known}")
+        with open(path, encoding="utf-8") as handle:
+            return cls.from_dict(json.load(handle), path)
+
+
+class GroupedPointwise(nn.Module):
+    """A 1x1 `Conv1d(c_in, c_out, groups)` applied to channels-last input [..., c_in].
+
+    Weight shape [c_out, c_in / groups, 1] as nn.Conv1d's, so checkpoints match transformers'."""
+
+    def __init__(self, c_in: int, c_out: int, groups: int) -> None:
+        super().__init__()
+        self.groups = groups
+        self.weight = nn.Parameter(torch.empty(c_out, c_in // groups, 1))
+        self.bias = nn.Parameter(torch.empty(c_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.squeeze(-1)  # [c_out, c_in/g]
+        if self.groups == 1:
+            return F.linear(x, weight, self.bias)
+        *lead, c_in = x.shape
+        c_out = weight.shape[0]
+        grouped = x.reshape(-1, self.groups, c_in // self.groups).transpose(0, 1)  # [g, T, c_in/g]
+        out = torch.bmm(grouped, weight.view(self.groups, c_out // self.groups, -1).transpose(1, 2))  # [g, T, c_out/g]
+        return (out.transpose(0, 1).reshape(*lead, c_out)) + self.bias
+
+
+class ConvLayerNorm(nn.Module):
+    """Grouped pointwise conv, dropout, residual add, LayerNorm (transformers' ConvDropoutLayerNorm)."""
+
+    def __init__(self, c_in: int, c_out: int, groups: int, config: ModelConfig) -> None:
+        super().__init__()
+        self.conv1d = GroupedPointwise(c_in, c_out, groups)
+        self.layernorm = nn.LayerNorm(c_out, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.layernorm(self.dropout(self.conv1d(x)) + residual)
+
+
+class ConvActivation(nn.Module):
+    def __init__(self, c_in: int, c_out: int, groups: int) -> None:
+        super().__init__()
+        self.conv1d = GroupedPointwise(c_in, c_out, groups)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.gelu(self.conv1d(x))
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        hidden = config.hidden_size
+        self.heads = config.num_attention_heads
+        self.query = GroupedPointwise(hidden, hidden, config.q_groups)
+        self.key = GroupedPointwise(hidden, hidden, config.k_groups)
+        self.value = GroupedPointwise(hidden, hidden, config.v_groups)
+        self.dropout_prob = config.attention_probs_dropout_prob
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        n, w, c = x.shape
+
+        def heads(t: torch.Tensor) -> torch.Tensor:  # [N, W, C] -> [N, H, W, C/H]; channel = head * C/H + d
+            return t.view(n, w, self.heads, c // self.heads).transpose(1, 2)
+
+        context = F.scaled_dot_product_attention(
+            heads(self.query(x)), heads(self.key(x)), heads(self.value(x)),
+            attn_mask=mask, dropout_p=self.dropout_prob if self.training else 0.0,
+        )
+        return context.transpose(1, 2).reshape(n, w, c)
+
+
+class SqueezeBertLayer(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        hidden, inner = config.hidden_size, config.intermediate_size
+        self.attention = SelfAttention(config)
+        self.post_attention = ConvLayerNorm(hidden, hidden, config.post_attention_groups, config)
+        self.intermediate = ConvActivation(hidden, inner, config.intermediate_groups)
+        self.output = ConvLayerNorm(inner, hidden, config.output_groups, config)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        attended = self.post_attention(self.attention(x, mask), x)
+        return self.output(self.intermediate(attended), attended)
+
+
+class Embeddings(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        summed = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(summed))
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(SqueezeBertLayer(config) for _ in range(config.num_hidden_layers))
+
+
+class Pooler(nn.Module):
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))  # the [CLS] position
+
+
+class SqueezeBertModel(nn.Module):
+    """Embeddings, encoder layers and pooler: transformers' `SqueezeBertModel` (its `transformer.` prefix)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.encoder = Encoder(config)
+        self.pooler = Pooler(config)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [N, W]
+        attention_mask: torch.Tensor | None = None,  # [N, W], 1 = token, 0 = padding
+        token_type_ids: torch.Tensor | None = None,  # [N, W], 0 = segment A, 1 = segment B
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (hidden states [N, W, C], pooled [CLS] output [N, C])."""
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        hidden = self.embeddings(input_ids, token_type_ids)
+        mask = None
+        if attention_mask is not None:
+            # Keys that are padding get no attention; a boolean mask lets SDPA pick a fused kernel.
+            mask = attention_mask.bool()[:, None, None, :]  # [N, 1, 1, W]
+        for layer in self.encoder.layers:
+            hidden = layer(hidden, mask)
+        return hidden, self.pooler(hidden)
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """BERT/SqueezeBERT initialization: normal(0, std) weights, zero biases, LayerNorm 1/0, zero padding row."""
+    for sub in module.modules():
+        if isinstance(sub, (nn.Linear, GroupedPointwise)):
+            nn.init.normal_(sub.weight, mean=0.0, std=std)
+            if sub.bias is not None:
+                nn.init.zeros_(sub.bias)
+        elif isinstance(sub, nn.Embedding):
+            nn.init.normal_(sub.weight, mean=0.0, std=std)
+            if sub.padding_idx is not None:
+                with torch.no_grad():
+                    sub.weight[sub.padding_idx].zero_()
+        elif isinstance(sub, nn.LayerNorm):
+            nn.init.ones_(sub.weight)
+            nn.init.zeros_(sub.bias)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
+
+
+def flops_per_token(config: ModelConfig, seq_len: int, masked_per_sequence: float, training: bool = True) -> float:
+    """Matmul FLOPs per input token of one pretraining step (2 FLOPs per multiply-add).
+
+    Per layer and token, forward: every grouped pointwise layer costs 2 * c_in * c_out / groups (q, k, v,
+    post-attention, intermediate, output), attention scores and their weighted sum 2 * 2 * W * C. Per
+    sequence: the pooler 2C^2 and the SOP classifier 2 * 2C, shared by its W tokens. Per masked token: the
+    MLM transform 2C^2 and the tied decoder 2CV (logits are computed at masked positions only). Training
+    is 3x forward (backward computes the gradients of both matmul operands). Embedding lookups,
+    LayerNorm, GELU and softmax are not matmuls and are left out, as `FlopCounterMode` leaves them out.
+    """
+    c, inner = config.hidden_size, config.intermediate_size
+    pointwise = 2 * (
+        c * c / config.q_groups + c * c / config.k_groups + c * c / config.v_groups
+        + c * c / config.post_attention_groups + c * inner / config.intermediate_groups
+        + inner * c / config.output_groups
+    )
+    attention = 2 * 2 * seq_len * c
+    per_token = config.num_hidden_layers * (pointwise + attention)
+    per_token += (2 * c * c + 2 * c * 2) / seq_len
+    per_token += masked_per_sequence / seq_len * (2 * c * c + 2 * c * config.vocab_size)
+    return per_token * (3 if training else 1)
+
+
+__all__ = [
+    "ModelConfig", "ConfigError", "SqueezeBertModel", "GroupedPointwise", "init_weights", "flops_per_token",
+    "count_parameters",
+]
