@@ -52,17 +52,28 @@ def make_batch(config: ModelConfig, batch: int, seq_len: int, seed: int = 0):
     return input_ids, attention_mask, token_type_ids, mlm_labels, sop_labels, masked
 
 
-def build_models(config: ModelConfig):
+def build_ours(config: ModelConfig) -> SqueezeBertForPretraining:
+    torch.manual_seed(0)
+    return SqueezeBertForPretraining(config).train()
+
+
+def build_transformers(config: ModelConfig, ours: SqueezeBertForPretraining | None = None):
+    """transformers' model and a linear SOP head, with `ours`' weights when given."""
     from transformers import SqueezeBertConfig, SqueezeBertForMaskedLM
 
-    torch.manual_seed(0)
-    ours = SqueezeBertForPretraining(config).train()
     values = {k: v for k, v in transformers_config(config).items() if k != "architectures"}
+    torch.manual_seed(0)
     hf = SqueezeBertForMaskedLM(SqueezeBertConfig(**values)).train()
-    hf.load_state_dict({k: v for k, v in ours.state_dict().items() if not k.startswith("sop_")}, strict=False)
     hf_sop = nn.Linear(config.hidden_size, 2)
-    hf_sop.load_state_dict({"weight": ours.sop_classifier.weight.detach(), "bias": ours.sop_classifier.bias.detach()})
-    return ours, hf, hf_sop
+    if ours is not None:
+        hf.load_state_dict({k: v for k, v in ours.state_dict().items() if not k.startswith("sop_")}, strict=False)
+        hf_sop.load_state_dict({"weight": ours.sop_classifier.weight.detach(), "bias": ours.sop_classifier.bias.detach()})
+    return hf, hf_sop
+
+
+def build_models(config: ModelConfig):
+    ours = build_ours(config)
+    return (ours, *build_transformers(config, ours))
 
 
 def lamb(parameters):
@@ -122,15 +133,14 @@ def time_pair(config, shape, steps, bf16):
 def peak_memory_child(which: str, seq_len: int, batch_size: int, threads: int) -> None:
     torch.set_num_threads(threads)
     config = ModelConfig.preset("squeezebert-base")
-    ours, hf, hf_sop = build_models(config)
     batch = make_batch(config, batch_size, seq_len)
     if which == "ours":
-        del hf, hf_sop
+        ours = build_ours(config)
         optimizer = lamb(ours.parameters())
         for _ in range(2):
             step_ours(ours, optimizer, batch, False)
     else:
-        del ours
+        hf, hf_sop = build_transformers(config, None)  # its own init: the process never holds our model
         optimizer = lamb(list(hf.parameters()) + list(hf_sop.parameters()))
         for _ in range(2):
             step_transformers(hf, hf_sop, optimizer, batch, False)
@@ -164,22 +174,26 @@ def main() -> None:
     print(f"fp32 matmul rate, {args.threads} threads: {rate / 1e9:,.0f} GFLOP/s; torch {torch.__version__}")
     print(f"{'shape':>8} {'precision':>9} {'ours samples/s':>15} {'transformers':>13} {'ratio':>6} "
           f"{'ours GFLOP/s':>13} {'of matmul':>9} {'ours MiB':>9} {'hf MiB':>7}")
+    # Memory first, while this process is small: a child's max RSS starts from its parent's at fork.
+    memory = {}
+    if not args.no_memory:
+        for shape_text in args.shapes:
+            seq_len, batch_size = map(int, shape_text.split("x"))
+            memory[shape_text] = (f"{peak_memory('ours', seq_len, batch_size, args.threads):,.0f}",
+                                  f"{peak_memory('hf', seq_len, batch_size, args.threads):,.0f}")
     ratios_128 = []
     runs = [(shape, False) for shape in args.shapes] + ([("128x8", True)] if args.bf16 else [])
     for shape_text, bf16 in runs:
         seq_len, batch_size = map(int, shape_text.split("x"))
         ours_time, hf_time, masked = time_pair(config, (seq_len, batch_size), args.steps, bf16)
         flops = flops_per_token(config, seq_len, masked) * seq_len * batch_size / ours_time
-        memory = ("", "")
-        if not args.no_memory and not bf16:
-            memory = (f"{peak_memory('ours', seq_len, batch_size, args.threads):,.0f}",
-                      f"{peak_memory('hf', seq_len, batch_size, args.threads):,.0f}")
+        peak = memory.get(shape_text, ("", "")) if not bf16 else ("", "")
         ratio = hf_time / ours_time
         if seq_len == 128 and not bf16:
             ratios_128.append(ratio)
         print(f"{shape_text:>8} {'bf16' if bf16 else 'fp32':>9} {batch_size / ours_time:>15.2f} "
               f"{batch_size / hf_time:>13.2f} {ratio:>6.2f} {flops / 1e9:>13.1f} {flops / rate:>9.0%} "
-              f"{memory[0]:>9} {memory[1]:>7}")
+              f"{peak[0]:>9} {peak[1]:>7}")
     if ratios_128:
         print(f"samples/s ratio ours / transformers at seq 128 (fp32): {min(ratios_128):.2f} (lowest over batch sizes)")
 

@@ -44,3 +44,12 @@ def vocab_dir(tmp_path_factory, small_corpus):
     out = tmp_path_factory.mktemp("vocab")
     run_cli("vocab", "--source", small_corpus, "--out", out, "--vocab-size", "8000")
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def shard_root(tmp_path_factory, small_corpus, vocab_dir):
+    """Shard sets (seq128, seq512) of the small corpus, made by the real CLI."""
+    out = tmp_path_factory.mktemp("shards")
+    run_cli("shards", "--source", small_corpus, "--vocab", vocab_dir, "--out", out, "--num-proc", "1",
+            "--shard-text-mb", "0.5", "--quiet")
+    return str(out)

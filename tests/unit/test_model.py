@@ -168,3 +168,17 @@ def test_flops_per_token_matches_flop_counter(seq_len):
         model(input_ids, attention_mask, token_type_ids, mlm_labels, sop_labels).loss.backward()
     expected = flops_per_token(config, seq_len, masked / n) * n * seq_len
     assert abs(counter.get_total_flops() - expected) / expected < 1e-6
+
+
+def test_cpu_training_attention_path_is_sdpa_arithmetic():
+    from pretrain.model import attention, dropout_keep_mask
+
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 10, 8, generator=generator) for _ in range(3))
+    mask = torch.ones(2, 1, 1, 10, dtype=torch.bool)
+    mask[1, ..., 6:] = False
+    reference = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    tiny_p = 1e-9  # takes the training path but keeps every element
+    assert torch.allclose(attention(q, k, v, mask, tiny_p, training=True), reference * (1 / (1 - tiny_p)), atol=1e-6)
+    keep = dropout_keep_mask(torch.Size([400, 1000]), 0.1, torch.device("cpu"))
+    assert abs(keep.float().mean().item() - 0.9) < 0.003

@@ -1,0 +1,250 @@
+"""Training data: memory-mapped shard sets, the epoch order, dynamic masking, and the loader.
+
+Contract (DESIGN.md): the example behind global sample index `g` and its masks are functions of
+(seed, epoch, g) alone. Epoch `e = g // N` is a seeded permutation of the N examples; step `s` of a run
+with global batch B consumes samples [s*B, (s+1)*B), and each rank builds only its slice of them. So the
+data a step sees does not depend on the world size, the micro-batch, the number of loader workers, or on
+restarts (resume = set `consumed_samples`).
+
+Masking (BERT's `create_masked_lm_predictions`, drawn at train time): 15% of the non-special tokens of an
+example (at least 1, at most `max_predictions`), of which 80% become [MASK], 10% a random non-special
+token and 10% stay. The random numbers come from a counter-based generator: a SplitMix64 hash of
+(seed, epoch, g, position, stream). numpy's Generators are not used here because building one per sample
+(the only way to make draws a function of the sample index) costs more than the rest of the loader, while
+the hash is one vectorized pass over the whole micro-batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from data_prep.config import PrepError
+from data_prep.manifest import MANIFEST_FILE, load_manifest
+from data_prep.shards import open_shard
+
+IGNORE_INDEX = -100
+PAD_TO_MULTIPLE = 8  # micro-batches are padded to their longest example, rounded up for matmul tiles
+
+
+class DataError(ValueError):
+    """Shards that cannot be used; the message names the folder or file."""
+
+
+class ShardSet:
+    """All shards of one `seqN/` folder, memory-mapped; `example(i)` is O(log #record batches)."""
+
+    def __init__(self, folder: str) -> None:
+        try:
+            self.manifest = load_manifest(folder)
+        except PrepError as error:
+            raise DataError(str(error)) from None
+        self.folder = folder
+        self.seq_len: int = self.manifest["seq_len"]
+        self.vocab_size: int = self.manifest["tokenizer"]["vocab_size"]
+        self.special_ids: dict[str, int] = self.manifest["tokenizer"]["special_token_ids"]
+        with open(os.path.join(folder, MANIFEST_FILE), "rb") as handle:
+            self.fingerprint = hashlib.sha256(handle.read()).hexdigest()
+        self._offsets: list[np.ndarray] = []
+        self._values: list[np.ndarray] = []
+        self._a_lengths: list[np.ndarray] = []
+        self._labels: list[np.ndarray] = []
+        sizes = []
+        for shard in self.manifest["shards"]:
+            path = os.path.join(folder, shard["file"])
+            try:
+                table = open_shard(path)
+            except PrepError as error:
+                raise DataError(f"{error}; run `python -m data_prep verify {folder}`") from None
+            if table.num_rows != shard["examples"]:
+                raise DataError(f"{path}: {table.num_rows} examples, manifest says {shard['examples']}; "
+                                f"run `python -m data_prep verify {folder}`")
+            for batch in table.to_batches():
+                if batch.num_rows == 0:
+                    continue
+                ids = batch.column(0)
+                self._offsets.append(ids.offsets.to_numpy())
+                self._values.append(ids.values.to_numpy(zero_copy_only=True))
+                self._a_lengths.append(batch.column(1).to_numpy())
+                self._labels.append(batch.column(2).to_numpy())
+                sizes.append(batch.num_rows)
+        self._ends = np.cumsum(sizes, dtype=np.int64)
+        if not sizes:
+            raise DataError(f"{folder}: the shard set has no examples")
+
+    def __len__(self) -> int:
+        return int(self._ends[-1])
+
+    def example(self, index: int) -> tuple[np.ndarray, int, int]:
+        """(token ids `[CLS] A [SEP] B [SEP]`, length of A, SOP label) of example `index`."""
+        chunk = int(np.searchsorted(self._ends, index, side="right"))
+        row = index - (int(self._ends[chunk - 1]) if chunk else 0)
+        offsets = self._offsets[chunk]
+        return self._values[chunk][offsets[row] : offsets[row + 1]], int(self._a_lengths[chunk][row]), int(self._labels[chunk][row])
+
+
+class SampleOrder:
+    """Global sample index -> example index, through a seeded permutation per epoch."""
+
+    def __init__(self, num_examples: int, seed: int) -> None:
+        self.num_examples = num_examples
+        self.seed = seed
+        self._epoch = -1
+        self._permutation = np.zeros(0, dtype=np.int64)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._epoch:
+            self._permutation = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+            self._epoch = epoch
+        return self._permutation
+
+    def examples(self, global_samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(epochs, example indices) of a run of global sample indices."""
+        epochs = global_samples // self.num_examples
+        indices = np.empty_like(global_samples)
+        for epoch in np.unique(epochs):
+            here = epochs == epoch
+            indices[here] = self.permutation(int(epoch))[global_samples[here] % self.num_examples]
+        return epochs, indices
+
+
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _splitmix(x: np.ndarray) -> np.ndarray:
+    x = x + _GOLDEN
+    x = (x ^ (x >> np.uint64(30))) * _M1
+    x = (x ^ (x >> np.uint64(27))) * _M2
+    return x ^ (x >> np.uint64(31))
+
+
+def uniform(seed: int, stream: int, epochs: np.ndarray, samples: np.ndarray, width: int) -> np.ndarray:
+    """[len(samples), width] uniforms in [0, 1), a pure function of (seed, stream, epoch, sample, position)."""
+    with np.errstate(over="ignore"):
+        key = _splitmix(np.uint64(seed & 0xFFFFFFFFFFFFFFFF) ^ _splitmix(np.uint64(stream)))
+        row = _splitmix(key ^ _splitmix(samples.astype(np.uint64) ^ (epochs.astype(np.uint64) << np.uint64(40))))
+        bits = _splitmix(row[:, None] ^ np.arange(width, dtype=np.uint64)[None, :])
+    return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+@dataclass
+class MaskingConfig:
+    mask_probability: float = 0.15  # BERT's
+    max_predictions: int = 20  # per sequence: the paper's 20 at length 128, 80 at 512
+    mask_token_fraction: float = 0.8  # of the chosen: [MASK]
+    random_token_fraction: float = 0.1  # of the chosen: a random token; the rest stay unchanged
+
+    def __post_init__(self) -> None:
+        if not 0 < self.mask_probability < 1:
+            raise DataError(f"mask_probability {self.mask_probability}: must be within (0, 1)")
+        if self.max_predictions < 1:
+            raise DataError(f"max_predictions {self.max_predictions}: must be at least 1")
+        if self.mask_token_fraction + self.random_token_fraction > 1:
+            raise DataError("mask_token_fraction + random_token_fraction must not exceed 1")
+
+
+class Batcher:
+    """Builds the micro-batch of a run of global sample indices: gather, pad, mask, collate."""
+
+    def __init__(self, shards: ShardSet, seed: int, masking: MaskingConfig) -> None:
+        self.shards = shards
+        self.seed = seed
+        self.masking = masking
+        self.order = SampleOrder(len(shards), seed)
+        special = np.array(sorted(set(shards.special_ids.values())), dtype=np.int64)
+        self.special = special
+        self.pad_id = shards.special_ids["[PAD]"]
+        self.mask_id = shards.special_ids["[MASK]"]
+        self.normal_ids = np.setdiff1d(np.arange(shards.vocab_size, dtype=np.int64), special)
+
+    def __call__(self, global_samples: np.ndarray) -> dict[str, torch.Tensor]:
+        global_samples = np.asarray(global_samples, dtype=np.int64)
+        epochs, indices = self.order.examples(global_samples)
+        rows = [self.shards.example(int(i)) for i in indices]
+        lengths = np.fromiter((len(r[0]) for r in rows), dtype=np.int64, count=len(rows))
+        width = int(-(-lengths.max() // PAD_TO_MULTIPLE) * PAD_TO_MULTIPLE)
+        count = len(rows)
+        input_ids = np.full((count, width), self.pad_id, dtype=np.int64)
+        for row, (ids, _, _) in enumerate(rows):
+            input_ids[row, : len(ids)] = ids
+        positions = np.arange(width)[None, :]
+        a_lengths = np.fromiter((r[1] for r in rows), dtype=np.int64, count=count)
+        attention_mask = positions < lengths[:, None]
+        token_type_ids = (positions >= (a_lengths + 2)[:, None]) & attention_mask
+        sop_labels = np.fromiter((r[2] for r in rows), dtype=np.int64, count=count)
+        masked_ids, mlm_labels = self.mask(input_ids, attention_mask, epochs, global_samples)
+        return {
+            "input_ids": torch.from_numpy(masked_ids),
+            "attention_mask": torch.from_numpy(attention_mask.astype(np.int64)),
+            "token_type_ids": torch.from_numpy(token_type_ids.astype(np.int64)),
+            "mlm_labels": torch.from_numpy(mlm_labels),
+            "sop_labels": torch.from_numpy(sop_labels),
+        }
+
+    def mask(self, input_ids: np.ndarray, attention_mask: np.ndarray, epochs: np.ndarray,
+             samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        config = self.masking
+        width = input_ids.shape[1]
+        candidates = attention_mask & ~np.isin(input_ids, self.special)
+        budget = np.minimum(
+            config.max_predictions,
+            np.maximum(1, np.rint(candidates.sum(1) * config.mask_probability).astype(np.int64)),
+        )
+        budget = np.minimum(budget, candidates.sum(1))
+        # The `budget` candidates with the smallest keys are chosen: a uniform random subset.
+        keys = np.where(candidates, uniform(self.seed, 0, epochs, samples, width), 2.0)
+        ranks = np.empty_like(keys, dtype=np.int64)
+        np.put_along_axis(ranks, np.argsort(keys, axis=1, kind="stable"), np.arange(width)[None, :], axis=1)
+        chosen = ranks < budget[:, None]
+        action = uniform(self.seed, 1, epochs, samples, width)
+        replacement = self.normal_ids[
+            np.minimum((uniform(self.seed, 2, epochs, samples, width) * len(self.normal_ids)).astype(np.int64),
+                       len(self.normal_ids) - 1)
+        ]
+        labels = np.where(chosen, input_ids, IGNORE_INDEX)
+        masked = input_ids.copy()
+        to_mask = chosen & (action < config.mask_token_fraction)
+        to_random = chosen & (action >= config.mask_token_fraction) & (
+            action < config.mask_token_fraction + config.random_token_fraction)
+        masked[to_mask] = self.mask_id
+        masked[to_random] = replacement[to_random]
+        return masked, labels
+
+
+def rank_slice(step: int, micro_step: int, global_batch: int, micro_batch: int, rank: int,
+               world_size: int) -> np.ndarray:
+    """Global sample indices of one micro-batch of one rank: step s takes [s*B, (s+1)*B); micro-step a
+    takes the a-th run of micro_batch * world_size of those, and rank r the r-th micro_batch of that."""
+    start = step * global_batch + (micro_step * world_size + rank) * micro_batch
+    return np.arange(start, start + micro_batch, dtype=np.int64)
+
+
+class MicroBatches(torch.utils.data.Dataset):
+    """Map-style dataset whose item k is this rank's k-th micro-batch from `consumed_samples` on, so
+    `torch.utils.data.DataLoader` (batch_size=None) prefetches them in background workers."""
+
+    def __init__(self, batcher: Batcher, global_batch: int, micro_batch: int, rank: int, world_size: int,
+                 start_step: int, total_steps: int) -> None:
+        if global_batch % (micro_batch * world_size):
+            raise DataError(
+                f"global batch {global_batch} is not a multiple of micro-batch {micro_batch} x data-parallel "
+                f"size {world_size}"
+            )
+        self.batcher = batcher
+        self.global_batch, self.micro_batch = global_batch, micro_batch
+        self.rank, self.world_size = rank, world_size
+        self.accumulation = global_batch // (micro_batch * world_size)
+        self.start_step, self.total_steps = start_step, total_steps
+
+    def __len__(self) -> int:
+        return (self.total_steps - self.start_step) * self.accumulation
+
+    def __getitem__(self, item: int) -> dict[str, torch.Tensor]:
+        step, micro_step = divmod(item, self.accumulation)
+        return self.batcher(rank_slice(self.start_step + step, micro_step, self.global_batch, self.micro_batch,
+                                       self.rank, self.world_size))

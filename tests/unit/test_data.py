@@ -1,0 +1,118 @@
+"""Shard reading, epoch order and dynamic masking of the training data."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from pretrain.data import Batcher, DataError, MaskingConfig, MicroBatches, ShardSet, rank_slice
+
+
+@pytest.fixture(scope="module")
+def shards(shard_root):
+    return ShardSet(os.path.join(shard_root, "seq128"))
+
+
+def unpadded(batch, row):
+    length = int(batch["attention_mask"][row].sum())
+    return {key: value[row, :length].tolist() if value.dim() == 2 else int(value[row]) for key, value in batch.items()}
+
+
+def test_shard_set_reads_what_datasets_reads(shards):
+    import datasets
+
+    assert len(shards) == shards.manifest["totals"]["examples"]
+    first = shards.manifest["shards"][1]
+    dataset = datasets.Dataset.from_file(os.path.join(shards.folder, first["file"]))
+    offset = shards.manifest["shards"][0]["examples"]
+    for row in (0, 7, dataset.num_rows - 1):
+        ids, a_length, label = shards.example(offset + row)
+        assert ids.tolist() == dataset[row]["input_ids"]
+        assert (a_length, label) == (dataset[row]["a_length"], dataset[row]["sop_label"])
+
+
+def test_masks_do_not_depend_on_world_size_or_micro_batch(shards):
+    batcher = Batcher(shards, seed=3, masking=MaskingConfig(max_predictions=20))
+    global_batch, step = 32, 5
+    seen = {}
+    for world_size, micro_batch in [(1, 32), (2, 4), (4, 8), (1, 2)]:
+        per_sample = {}
+        for rank in range(world_size):
+            for micro_step in range(global_batch // (micro_batch * world_size)):
+                samples = rank_slice(step, micro_step, global_batch, micro_batch, rank, world_size)
+                batch = batcher(samples)
+                for row, sample in enumerate(samples):
+                    per_sample[int(sample)] = unpadded(batch, row)
+        assert sorted(per_sample) == list(range(step * global_batch, (step + 1) * global_batch))
+        seen[(world_size, micro_batch)] = per_sample
+    reference = seen[(1, 32)]
+    assert all(value == reference for value in seen.values())
+    # a fresh Batcher (a restarted job) draws the same
+    again = Batcher(shards, seed=3, masking=MaskingConfig(max_predictions=20))(np.arange(160, 192))
+    assert unpadded(again, 4) == reference[164]
+
+
+def test_masking_statistics_and_rules(shards):
+    batcher = Batcher(shards, seed=0, masking=MaskingConfig(max_predictions=20))
+    special = set(shards.special_ids.values())
+    batch = batcher(np.arange(0, 2048))
+    labels, ids = batch["mlm_labels"], batch["input_ids"]
+    chosen = labels != -100
+    original = torch.where(chosen, labels, ids)
+    for row in range(0, 2048, 97):
+        n_candidates = sum(1 for t, m in zip(original[row].tolist(), batch["attention_mask"][row].tolist())
+                           if m and t not in special)
+        assert int(chosen[row].sum()) == min(20, max(1, round(n_candidates * 0.15)))
+    assert not any(int(t) in special for t in labels[chosen])  # special tokens are never chosen
+    mask_id = shards.special_ids["[MASK]"]
+    as_mask = (ids[chosen] == mask_id).float().mean().item()
+    unchanged = (ids[chosen] == labels[chosen]).float().mean().item()
+    assert 0.77 < as_mask < 0.83 and 0.08 < unchanged < 0.12
+    randomized = chosen & (ids != mask_id) & (ids != labels)
+    assert not any(int(t) in special for t in ids[randomized])
+    assert (ids[~chosen] == original[~chosen]).all()
+
+
+def test_token_types_attention_and_sop(shards):
+    batcher = Batcher(shards, seed=0, masking=MaskingConfig())
+    batch = batcher(np.arange(10))
+    epochs, indices = batcher.order.examples(np.arange(10))
+    for row, index in enumerate(indices):
+        ids, a_length, label = shards.example(int(index))
+        length = len(ids)
+        assert batch["attention_mask"][row].tolist() == [1] * length + [0] * (batch["input_ids"].shape[1] - length)
+        assert batch["token_type_ids"][row, :length].tolist() == [0] * (a_length + 2) + [1] * (length - a_length - 2)
+        assert int(batch["sop_labels"][row]) == label
+    assert batch["input_ids"].shape[1] % 8 == 0
+
+
+def test_epochs_are_seeded_permutations(shards):
+    batcher = Batcher(shards, seed=9, masking=MaskingConfig())
+    n = len(shards)
+    epochs, first = batcher.order.examples(np.arange(n))
+    assert sorted(first.tolist()) == list(range(n)) and (epochs == 0).all()
+    epochs, second = batcher.order.examples(np.arange(n, 2 * n))
+    assert (epochs == 1).all() and sorted(second.tolist()) == list(range(n)) and (first != second).any()
+    across = batcher.order.examples(np.arange(n - 3, n + 3))[1]
+    assert across.tolist() == first[-3:].tolist() + second[:3].tolist()
+
+
+def test_loader_workers_do_not_change_batches(shards):
+    batcher = Batcher(shards, seed=1, masking=MaskingConfig())
+    dataset = MicroBatches(batcher, global_batch=16, micro_batch=4, rank=1, world_size=2, start_step=3, total_steps=5)
+    assert len(dataset) == 4
+    plain = [dataset[i] for i in range(len(dataset))]
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=2, prefetch_factor=2)
+    for expected, got in zip(plain, loader):
+        assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+def test_bad_data_settings(shards, tmp_path):
+    batcher = Batcher(shards, seed=1, masking=MaskingConfig())
+    with pytest.raises(DataError, match="not a multiple of micro-batch"):
+        MicroBatches(batcher, global_batch=10, micro_batch=4, rank=0, world_size=1, start_step=0, total_steps=1)
+    with pytest.raises(DataError, match="manifest.json"):
+        ShardSet(str(tmp_path))
+    with pytest.raises(DataError, match="max_predictions"):
+        MaskingConfig(max_predictions=0)
