@@ -104,7 +104,7 @@ def main() -> None:
                   f"({input_tokens / wall:,.0f}/s), peak RSS {peak / 2**20:,.0f} MiB; "
                   f"ratio {(input_tokens / wall) / (bare_tokens / bare_wall):.2f}")
             shutil.rmtree(out)
-        for copies in (1, 4):
+        for copies in (1, 4, 8):  # 8: memory has reached its plateau (at most 2 units per worker in flight)
             memory_source = make_copies(args.corpus, copies, work)
             out = os.path.join(work, f"memory_x{copies}")
             wall, peak = run_tree_peak_rss(shards_command(memory_source, vocab, out, args.num_proc))
