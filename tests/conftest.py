@@ -1,4 +1,4 @@
-"""Shared fixtures: the real Wikipedia corpus of ../shared/corpora and a vocabulary trained on part of it."""
+"""Shared fixtures: real Wikipedia text (tests/assets/enwiki_sample) and a vocabulary trained on it."""
 
 import os
 import subprocess
@@ -7,8 +7,8 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CORPUS = os.path.join(ROOT, "..", "shared", "corpora", "enwiki_wikiextractor")
 ASSETS = os.path.join(ROOT, "tests", "assets")
+SAMPLE = os.path.join(ASSETS, "enwiki_sample")  # 21 real articles, 580 kB; see its SOURCES.md
 
 
 def run_cli(*args, check=True, env=None, **kwargs):
@@ -23,26 +23,15 @@ def run_cli(*args, check=True, env=None, **kwargs):
 
 
 @pytest.fixture(scope="session")
-def corpus_dir():
-    if not os.path.isdir(CORPUS):
-        pytest.skip(f"{CORPUS} is missing")
-    return CORPUS
-
-
-@pytest.fixture(scope="session")
-def small_corpus(tmp_path_factory, corpus_dir):
-    """Two real WikiExtractor files (~2 MB, 91 articles)."""
-    folder = tmp_path_factory.mktemp("small_corpus")
-    for name in ("wiki_00", "wiki_01"):
-        with open(os.path.join(corpus_dir, name), "rb") as source, open(folder / name, "wb") as target:
-            target.write(source.read())
-    return str(folder)
+def small_corpus():
+    """Two real WikiExtractor files (21 articles, 580 kB), committed with the tests."""
+    return SAMPLE
 
 
 @pytest.fixture(scope="session")
 def vocab_dir(tmp_path_factory, small_corpus):
     out = tmp_path_factory.mktemp("vocab")
-    run_cli("vocab", "--source", small_corpus, "--out", out, "--vocab-size", "8000")
+    run_cli("vocab", "--source", small_corpus, "--out", out, "--vocab-size", "6000")
     return str(out)
 
 
@@ -51,5 +40,5 @@ def shard_root(tmp_path_factory, small_corpus, vocab_dir):
     """Shard sets (seq128, seq512) of the small corpus, made by the real CLI."""
     out = tmp_path_factory.mktemp("shards")
     run_cli("shards", "--source", small_corpus, "--vocab", vocab_dir, "--out", out, "--num-proc", "1",
-            "--shard-text-mb", "0.5", "--quiet")
+            "--shard-text-mb", "0.2", "--quiet")
     return str(out)

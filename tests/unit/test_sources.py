@@ -19,9 +19,9 @@ def read(*sources, **config):
     return documents, dict(skips.counts)
 
 
-def test_wikiextractor_real_file(corpus_dir):
-    documents, skips = read(os.path.join(corpus_dir, "wiki_00"))
-    assert len(documents) == 38 and skips == {}  # SOURCES.md: 38 <doc> in wiki_00
+def test_wikiextractor_real_file(small_corpus):
+    documents, skips = read(os.path.join(small_corpus, "wiki_00"))
+    assert len(documents) == 7 and skips == {}  # 7 <doc> in the sample's wiki_00
     assert documents[0].paragraphs[0].startswith("Anarchism is a political philosophy")  # title line dropped
 
 

@@ -1,0 +1,251 @@
+"""The run configuration: documented dataclasses, loaded from a TOML file with command-line overrides.
+
+Precedence is defaults < config file < `--set key=value` overrides. Everything derived (gradient
+accumulation, warmup steps, the DeepSpeed JSON) is computed from the one place it is stated, and a
+contradiction is a `RunConfigError` naming the key, raised before any compute starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class RunConfigError(ValueError):
+    """A configuration that cannot run; the message names the key or file and what to do."""
+
+
+@dataclass
+class PhaseConfig:
+    """One phase of the schedule: a shard set, a length, a number of steps and its own LR schedule."""
+
+    name: str = "phase1"
+    shards: str = ""
+    """A `seqN/` folder made by `python -m data_prep shards`; its length is the phase's sequence length."""
+    steps: int = 56_000
+    """Optimizer steps of this phase (the paper: 56,000 at 128, then 6,000 at 512)."""
+    global_batch: int = 8192
+    """Samples per optimizer step, whatever the number of ranks (the paper's 8192)."""
+    micro_batch: int = 32
+    """Samples per rank per forward/backward; accumulation = global_batch / (micro_batch x ranks)."""
+    max_predictions: int = 20
+    """Masked tokens per sequence at most (the paper: 20 at 128, 80 at 512)."""
+    peak_lr: float = 2.5e-3
+    """LAMB's learning rate after warmup (the paper's 2.5e-3)."""
+    warmup_fraction: float = 0.28
+    """Linear warmup over this fraction of the phase's steps, then linear decay to `end_lr`."""
+    end_lr: float = 0.0
+    reset_optimizer: bool = False
+    """Start this phase with fresh LAMB moments. Off: phase 2 continues phase 1's moments (the model and
+    its gradient statistics carry over; only the length changes), with its own warmup from 0."""
+
+    def validate(self, where: str) -> None:
+        if not self.shards:
+            raise RunConfigError(f"{where}.shards: name the seqN/ folder made by `python -m data_prep shards`")
+        positive = {"steps": self.steps, "global_batch": self.global_batch, "micro_batch": self.micro_batch,
+                    "max_predictions": self.max_predictions, "peak_lr": self.peak_lr}
+        for key, value in positive.items():
+            if value <= 0:
+                raise RunConfigError(f"{where}.{key} = {value}: must be positive")
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise RunConfigError(f"{where}.warmup_fraction = {self.warmup_fraction}: must be within [0, 1)")
+        if not 0.0 <= self.end_lr <= self.peak_lr:
+            raise RunConfigError(f"{where}.end_lr = {self.end_lr}: must be within [0, peak_lr]")
+
+    @property
+    def warmup_steps(self) -> int:
+        return round(self.warmup_fraction * self.steps)
+
+
+@dataclass
+class OptimizerConfig:
+    """LAMB (torch-optimizer's) with BERT's weight decay rule."""
+
+    weight_decay: float = 0.01
+    """Applied to every weight except biases and LayerNorm parameters."""
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-6
+    gradient_clipping: float = 1.0
+    """Global-norm clipping before the LAMB step (0 = off); NVIDIA's LAMB BERT recipe clips at 1.0."""
+    zero_stage: int = 0
+    """Must stay 0: DeepSpeed's ZeRO 1/2 flatten each parameter group into one tensor, so LAMB would compute
+    one trust ratio per group instead of per layer and silently train a different optimizer."""
+
+    def validate(self) -> None:
+        if self.zero_stage != 0:
+            raise RunConfigError(
+                f"optimizer.zero_stage = {self.zero_stage}: LAMB needs ZeRO stage 0 (stages 1-2 flatten parameter "
+                "groups and break LAMB's per-layer trust ratio); the 51M-parameter model fits every GPU without it"
+            )
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise RunConfigError("optimizer.beta1 / beta2: must be within [0, 1)")
+        if self.weight_decay < 0 or self.eps <= 0 or self.gradient_clipping < 0:
+            raise RunConfigError("optimizer: weight_decay and gradient_clipping must be >= 0, eps > 0")
+
+
+@dataclass
+class CheckpointConfig:
+    dir: str = "checkpoints"
+    every_steps: int = 1000
+    """Save every N optimizer steps (0 = never by count), and at each phase end."""
+    every_minutes: float = 30.0
+    """Also save when this much wall time passed since the last save (0 = never by time)."""
+    keep: int = 3
+    """Complete checkpoints kept; older ones are deleted once a newer one is complete."""
+
+    def validate(self) -> None:
+        if self.every_steps < 0 or self.every_minutes < 0:
+            raise RunConfigError("checkpoint.every_steps / every_minutes: must be >= 0")
+        if self.keep < 1:
+            raise RunConfigError(f"checkpoint.keep = {self.keep}: keep at least 1")
+
+
+@dataclass
+class LoggingConfig:
+    dir: str = "runs"
+    """TensorBoard event files go here."""
+    every_steps: int = 10
+    eval_every_steps: int = 500
+    """Evaluate on the held-out samples every N steps (0 = never)."""
+    eval_samples: int = 2048
+    """Held out: the last `eval_samples` examples of each shard set never enter training."""
+
+
+@dataclass
+class RunConfig:
+    model: str = "squeezebert-base"
+    """A preset in configs/model/ (squeezebert-base, squeezebert-tiny)."""
+    init_from: str = ""
+    """Optional initial weights: a transformers SqueezeBERT folder (continued pretraining) or a model folder."""
+    seed: int = 42
+    """Seeds the initialization, the epoch order, the masks and dropout."""
+    precision: str = "auto"
+    """auto (bf16 where the GPU supports it, else fp32) | fp32 | bf16."""
+    phases: list[PhaseConfig] = field(default_factory=list)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def validate(self) -> None:
+        if not self.phases:
+            raise RunConfigError("phases: give at least one [[phases]] table")
+        names = [p.name for p in self.phases]
+        if len(set(names)) != len(names):
+            raise RunConfigError(f"phases: names repeat ({names}); each phase needs its own name")
+        for index, phase in enumerate(self.phases):
+            phase.validate(f"phases.{index}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise RunConfigError(f"precision = {self.precision!r}: choose auto, fp32 or bf16")
+        self.optimizer.validate()
+        self.checkpoint.validate()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def gradient_accumulation(phase: PhaseConfig, world_size: int, where: str = "phase") -> int:
+    """global_batch / (micro_batch x data-parallel size), or an error naming the keys if not whole."""
+    per_step = phase.micro_batch * world_size
+    if phase.global_batch % per_step:
+        raise RunConfigError(
+            f"{where}: global_batch {phase.global_batch} is not a multiple of micro_batch {phase.micro_batch} x "
+            f"{world_size} ranks = {per_step}; change micro_batch or the number of ranks"
+        )
+    return phase.global_batch // per_step
+
+
+def _build(cls, values: dict, where: str):
+    """A dataclass from a dict, rejecting unknown keys by name."""
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise RunConfigError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in values.items():
+        if name == "phases":
+            if not isinstance(value, list):
+                raise RunConfigError(f"{where}.phases: expected a list of tables")
+            kwargs[name] = [_build(PhaseConfig, v, f"{where}.phases.{i}") for i, v in enumerate(value)]
+        elif name in ("optimizer", "checkpoint", "logging"):
+            nested = {"optimizer": OptimizerConfig, "checkpoint": CheckpointConfig, "logging": LoggingConfig}[name]
+            kwargs[name] = _build(nested, value, f"{where}.{name}")
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _parse_value(text: str):
+    """An override's value as TOML would read it (numbers, booleans, quoted strings); bare text is a string."""
+    try:
+        return tomllib.loads(f"value = {text}")["value"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_override(values: dict, assignment: str) -> None:
+    """`key.sub=value` or `phases.1.steps=100` into the raw config dict."""
+    if "=" not in assignment:
+        raise RunConfigError(f"--set {assignment!r}: expected key=value, e.g. phases.0.steps=100")
+    path, _, text = assignment.partition("=")
+    keys = path.strip().split(".")
+    target = values
+    for depth, key in enumerate(keys[:-1]):
+        if isinstance(target, list):
+            if not key.isdigit() or int(key) >= len(target):
+                raise RunConfigError(f"--set {path}: no element {key} in {'.'.join(keys[:depth])}")
+            target = target[int(key)]
+        else:
+            target = target.setdefault(key, {})
+    last = keys[-1]
+    if isinstance(target, list):
+        if not last.isdigit() or int(last) >= len(target):
+            raise RunConfigError(f"--set {path}: no element {last}")
+        target[int(last)] = _parse_value(text)
+    else:
+        target[last] = _parse_value(text)
+
+
+def load_config(path: str | None, overrides: list[str] = ()) -> RunConfig:
+    values: dict = {}
+    if path:
+        try:
+            with open(path, "rb") as handle:
+                values = tomllib.load(handle)
+        except FileNotFoundError:
+            raise RunConfigError(f"--config {path}: no such file") from None
+        except tomllib.TOMLDecodeError as error:
+            raise RunConfigError(f"--config {path}: not valid TOML ({error})") from None
+    for assignment in overrides:
+        apply_override(values, assignment)
+    try:
+        config = _build(RunConfig, values, path or "config")
+    except TypeError as error:
+        raise RunConfigError(f"{path or 'config'}: {error}") from None
+    config.validate()
+    return config
+
+
+def deepspeed_config(phase: PhaseConfig, world_size: int, optimizer: OptimizerConfig, bf16: bool) -> dict:
+    """The DeepSpeed JSON, derived (never maintained beside the run config)."""
+    return {
+        "train_batch_size": phase.global_batch,
+        "train_micro_batch_size_per_gpu": phase.micro_batch,
+        "gradient_accumulation_steps": gradient_accumulation(phase, world_size, f"phase {phase.name}"),
+        "gradient_clipping": optimizer.gradient_clipping,
+        "zero_optimization": {"stage": optimizer.zero_stage},
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 10**9,  # the trainer logs; DeepSpeed's own prints would interleave
+        "wall_clock_breakdown": False,
+    }
+
+
+def describe(config: RunConfig) -> str:
+    return json.dumps(config.to_dict(), indent=1)
