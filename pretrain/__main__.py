@@ -1,4 +1,4 @@
-"""`python -m pretrain export`: the pretraining command line.
+"""`python -m pretrain {train,export,demo}`: the pretraining command line.
 
 Bad input ends with one line `pretrain: error: ...` naming the file or flag, and exit status 2.
 """
@@ -14,6 +14,13 @@ EXIT_BAD_INPUT = 2
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pretrain", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="pretrain (resumes from the latest complete checkpoint by itself)")
+    train.add_argument("--config", required=True, help="a TOML run config (see configs/)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one key, e.g. --set phases.0.steps=100 (repeatable)")
+    train.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    demo = commands.add_parser("demo", help="data prep + phase 1 + phase 2 + export, tiny model, a few minutes on CPU")
+    demo.add_argument("--out", default="demo_out")
     export = commands.add_parser("export", help="write the headless transformers-format model")
     export.add_argument("--checkpoint", required=True,
                         help="a model folder (model_config.json + model.safetensors) or a transformers SqueezeBERT folder")
@@ -32,21 +39,61 @@ def command_export(args: argparse.Namespace) -> None:
           f"{'' if vocab else ' (no tokenizer files: pass --vocab DIR)'}", file=sys.stderr)
 
 
+def command_train(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .trainer import Trainer
+
+    config = load_config(args.config, args.set)
+    return Trainer(config).fit()
+
+
+def command_demo(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+
+    from .config import load_config
+    from .export import export_headless
+    from .trainer import Trainer
+
+    prep = subprocess.run([sys.executable, "-m", "data_prep", "demo", "--out", args.out])
+    if prep.returncode:
+        return prep.returncode
+    config_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.toml")
+    config = load_config(config_path, [
+        f'phases.0.shards="{os.path.join(args.out, "shards", "seq128")}"',
+        f'phases.1.shards="{os.path.join(args.out, "shards", "seq512")}"',
+        f'checkpoint.dir="{os.path.join(args.out, "checkpoints")}"',
+        f'logging.dir="{os.path.join(args.out, "tensorboard")}"',
+    ])
+    trainer = Trainer(config)
+    code = trainer.fit()
+    if code:
+        return code
+    export_dir = os.path.join(args.out, "export")
+    export_headless(trainer.model, export_dir, os.path.join(args.out, "vocab"))
+    print(f"pretrain: demo done.\n  TensorBoard: tensorboard --logdir {config.logging.dir}\n"
+          f"  headless transformers model: {export_dir} (SqueezeBertForSequenceClassification.from_pretrained)",
+          file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .config import RunConfigError
+    from .data import DataError
     from .export import ExportError
     from .model import ConfigError
 
     args = build_parser().parse_args(argv)
     try:
-        {"export": command_export}[args.command](args)
-    except (ExportError, ConfigError) as error:
+        handlers = {"export": command_export, "train": command_train, "demo": command_demo}
+        return handlers[args.command](args) or 0
+    except (ExportError, ConfigError, RunConfigError, DataError) as error:
         print(f"pretrain: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as error:
         where = f"{error.filename}: " if error.filename else ""
         print(f"pretrain: error: {where}{error.strerror or error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    return 0
 
 
 if __name__ == "__main__":

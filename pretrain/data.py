@@ -151,20 +151,30 @@ class MaskingConfig:
 class Batcher:
     """Builds the micro-batch of a run of global sample indices: gather, pad, mask, collate."""
 
-    def __init__(self, shards: ShardSet, seed: int, masking: MaskingConfig) -> None:
+    def __init__(self, shards: ShardSet, seed: int, masking: MaskingConfig, held_out: int = 0) -> None:
+        if not 0 <= held_out < len(shards):
+            raise DataError(f"{shards.folder}: cannot hold out {held_out} of {len(shards)} examples for evaluation")
         self.shards = shards
         self.seed = seed
         self.masking = masking
-        self.order = SampleOrder(len(shards), seed)
+        self.num_train = len(shards) - held_out  # the last `held_out` examples are for evaluation only
+        self.held_out = held_out
+        self.order = SampleOrder(self.num_train, seed)
         special = np.array(sorted(set(shards.special_ids.values())), dtype=np.int64)
         self.special = special
         self.pad_id = shards.special_ids["[PAD]"]
         self.mask_id = shards.special_ids["[MASK]"]
         self.normal_ids = np.setdiff1d(np.arange(shards.vocab_size, dtype=np.int64), special)
 
-    def __call__(self, global_samples: np.ndarray) -> dict[str, torch.Tensor]:
+    def __call__(self, global_samples: np.ndarray, evaluation: bool = False) -> dict[str, torch.Tensor]:
+        """Training: global sample indices through the epoch order. Evaluation: held-out example k for
+        k in `global_samples` (taken modulo the held-out count), with fixed masks."""
         global_samples = np.asarray(global_samples, dtype=np.int64)
-        epochs, indices = self.order.examples(global_samples)
+        if evaluation:
+            offsets = global_samples % max(self.held_out, 1)
+            epochs, indices = np.full_like(offsets, -1), self.num_train + offsets
+        else:
+            epochs, indices = self.order.examples(global_samples)
         rows = [self.shards.example(int(i)) for i in indices]
         lengths = np.fromiter((len(r[0]) for r in rows), dtype=np.int64, count=len(rows))
         width = int(-(-lengths.max() // PAD_TO_MULTIPLE) * PAD_TO_MULTIPLE)

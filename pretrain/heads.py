@@ -58,6 +58,7 @@ class PretrainingOutput:
     mlm_accuracy: torch.Tensor
     sop_accuracy: torch.Tensor
     mlm_logits: torch.Tensor  # [masked tokens, V], in row-major order of the masked positions
+    mlm_targets: torch.Tensor  # [masked tokens], the original ids there
     sop_logits: torch.Tensor  # [N, 2]
     num_masked: int
 
@@ -102,5 +103,6 @@ class SqueezeBertForPretraining(nn.Module):
             sop_accuracy = (sop_logits.argmax(-1) == sop_labels).float().mean()
         return PretrainingOutput(
             loss=mlm_loss + sop_loss, mlm_loss=mlm_loss, sop_loss=sop_loss, mlm_accuracy=mlm_accuracy,
-            sop_accuracy=sop_accuracy, mlm_logits=mlm_logits, sop_logits=sop_logits, num_masked=num_masked,
+            sop_accuracy=sop_accuracy, mlm_logits=mlm_logits, mlm_targets=masked_labels, sop_logits=sop_logits,
+            num_masked=num_masked,
         )
