@@ -13,12 +13,13 @@ EXIT_BAD_INPUT = 2
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pretrain", description=__doc__.splitlines()[0])
+    # The `deepspeed` launcher passes --local_rank before the command; the rank comes from the environment.
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="pretrain (resumes from the latest complete checkpoint by itself)")
     train.add_argument("--config", required=True, help="a TOML run config (see configs/)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                        help="override one key, e.g. --set phases.0.steps=100 (repeatable)")
-    train.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     demo = commands.add_parser("demo", help="data prep + phase 1 + phase 2 + export, tiny model, a few minutes on CPU")
     demo.add_argument("--out", default="demo_out")
     export = commands.add_parser("export", help="write the headless transformers-format model")

@@ -123,6 +123,8 @@ class LoggingConfig:
 class RunConfig:
     model: str = "squeezebert-base"
     """A preset in configs/model/ (squeezebert-base, squeezebert-tiny)."""
+    model_overrides: dict = field(default_factory=dict)
+    """Preset fields to change, e.g. {hidden_dropout_prob = 0.0}; unknown names are an error."""
     init_from: str = ""
     """Optional initial weights: a transformers SqueezeBERT folder (continued pretraining) or a model folder."""
     seed: int = 42

@@ -97,7 +97,11 @@ def build_model(config: RunConfig) -> SqueezeBertForPretraining:
     if config.init_from:
         model, _vocab = load_any(config.init_from)
         return model
-    return SqueezeBertForPretraining(ModelConfig.preset(config.model))
+    preset = ModelConfig.preset(config.model).to_dict()
+    unknown = sorted(set(config.model_overrides) - set(preset))
+    if unknown:
+        raise RunConfigError(f"model_overrides: unknown model fields {unknown}")
+    return SqueezeBertForPretraining(ModelConfig.from_dict({**preset, **config.model_overrides}))
 
 
 def open_phase_data(config: RunConfig, model_config: ModelConfig) -> list[Batcher]:

@@ -1,0 +1,165 @@
+"""The trainer in real processes: exact resume after SIGKILL, preemption, crashed saves, two ranks under
+the `deepspeed` launcher, the schedule read back from TensorBoard, and bad configs."""
+
+import glob
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from pretrain.config import load_config
+from pretrain.optim import learning_rate
+from tests.conftest import ROOT
+
+CONFIG = os.path.join(ROOT, "configs", "tiny.toml")
+NO_DROPOUT = ["model_overrides.hidden_dropout_prob=0.0", "model_overrides.attention_probs_dropout_prob=0.0"]
+
+
+def train_command(shard_root, *overrides, launcher=(sys.executable, "-m")):
+    sets = [f'phases.0.shards="{os.path.join(shard_root, "seq128")}"',
+            f'phases.1.shards="{os.path.join(shard_root, "seq512")}"', *overrides]
+    return [*launcher, "pretrain", "train", "--config", CONFIG, *[a for s in sets for a in ("--set", s)]]
+
+
+def run(command, cwd, timeout=300):
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def wait_for(path, process, timeout=120):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert process.poll() is None, "the run ended before the moment to interrupt it"
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def final_parameters(workdir):
+    path = os.path.join(workdir, "checkpoints", "step-00000012", "state", "mp_rank_00_model_states.pt")
+    return torch.load(path, map_location="cpu", weights_only=False)["module"]
+
+
+def scalars(workdir, tag):
+    """{step: [values...]} of a TensorBoard tag over all event files of the run (restarts append)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values = {}
+    for path in sorted(glob.glob(os.path.join(workdir, "runs", "events.out.tfevents.*"))):
+        accumulator = EventAccumulator(path, size_guidance={"scalars": 0})
+        accumulator.Reload()
+        if tag in accumulator.Tags()["scalars"]:
+            for event in accumulator.Scalars(tag):
+                values.setdefault(event.step, []).append(event.value)
+    return values
+
+
+@pytest.fixture(scope="module")
+def reference(shard_root, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("reference_run")
+    run(train_command(shard_root), workdir)
+    return str(workdir)
+
+
+def assert_same_run(reference, workdir):
+    expected, got = final_parameters(reference), final_parameters(workdir)
+    assert all(torch.equal(expected[key], got[key]) for key in expected)
+    reference_losses = scalars(reference, "train/loss")
+    resumed_losses = scalars(workdir, "train/loss")
+    assert sorted(reference_losses) == sorted(resumed_losses) == list(range(1, 13))
+    for step, values in resumed_losses.items():
+        assert all(value == reference_losses[step][0] for value in values), step
+
+
+def test_exact_resume_after_sigkill(reference, shard_root, tmp_path):
+    command = train_command(shard_root)
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for(tmp_path / "checkpoints" / "latest", process)
+    time.sleep(random.uniform(0.0, 1.0))
+    process.kill()  # SIGKILL: no handler runs
+    process.wait()
+    run(command, tmp_path)
+    assert_same_run(reference, str(tmp_path))
+
+
+def test_sigterm_saves_and_exits_with_the_requeue_code(reference, shard_root, tmp_path):
+    command = train_command(shard_root)
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(tmp_path / "checkpoints" / "latest", process)
+    sent = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    if process.returncode == 0:  # the signal came during the last step's save: nothing left to preempt
+        pytest.skip("the run finished before the signal took effect")
+    assert process.returncode == 75, stderr[-2000:]
+    assert time.monotonic() - sent < 30
+    assert "preempted: saved at global step" in stderr
+    run(command, tmp_path)
+    assert_same_run(reference, str(tmp_path))
+
+
+def test_crash_while_saving_leaves_the_previous_checkpoint_in_use(reference, shard_root, tmp_path):
+    shutil.copytree(os.path.join(reference, "checkpoints"), tmp_path / "checkpoints")
+    shutil.copytree(os.path.join(reference, "runs"), tmp_path / "runs")
+    # What a crash in the middle of saving step 12 leaves: a temporary folder, never renamed, and the
+    # pointer still naming step 9.
+    shutil.move(str(tmp_path / "checkpoints" / "step-00000012"), tmp_path / "checkpoints" / ".tmp-step-00000012")
+    os.remove(tmp_path / "checkpoints" / ".tmp-step-00000012" / "state" / "mp_rank_00_model_states.pt")
+    (tmp_path / "checkpoints" / "latest").write_text("step-00000009\n")
+    result = run(train_command(shard_root), tmp_path)
+    assert "resumed from checkpoints/step-00000009" in result.stderr
+    assert not (tmp_path / "checkpoints" / ".tmp-step-00000012").exists()
+    expected, got = final_parameters(reference), final_parameters(str(tmp_path))
+    assert all(torch.equal(expected[key], got[key]) for key in expected)
+
+
+def test_two_ranks_under_the_deepspeed_launcher_match_one_process(shard_root, tmp_path):
+    single, double = tmp_path / "single", tmp_path / "double"
+    single.mkdir()
+    double.mkdir()
+    run(train_command(shard_root, *NO_DROPOUT), single)
+    launcher = ("deepspeed", "--num_gpus", "2", "--master_port", str(random.randint(20000, 40000)), "--module")
+    run(train_command(shard_root, *NO_DROPOUT, launcher=launcher), double)
+    one, two = final_parameters(str(single)), final_parameters(str(double))
+    assert max((one[k].float() - two[k].float()).abs().max().item() for k in one) < 1e-5
+    losses_one, losses_two = scalars(str(single), "train/loss"), scalars(str(double), "train/loss")
+    assert all(abs(losses_one[s][0] - losses_two[s][0]) < 1e-4 for s in losses_one)
+    assert scalars(str(double), "progress/accumulation")[1] == [2.0]  # 16 / (4 x 2 ranks)
+
+
+def test_schedule_read_back_from_tensorboard(reference):
+    config = load_config(CONFIG, ['phases.0.shards="x"', 'phases.1.shards="y"'])
+    rates = scalars(reference, "progress/lr")
+    global_step = 0
+    for phase in config.phases:
+        for step in range(phase.steps):
+            global_step += 1
+            assert rates[global_step][0] == pytest.approx(learning_rate(phase, step), rel=1e-6)
+    first = config.phases[0]
+    assert max(rates[s][0] for s in range(1, first.steps + 1)) == pytest.approx(first.peak_lr)
+    assert rates[first.warmup_steps][0] == pytest.approx(first.peak_lr)  # warmup ends at the peak
+    accumulation = scalars(reference, "progress/accumulation")
+    assert accumulation[1] == [4.0] and accumulation[12] == [4.0]  # 16 / 4 in phase 1, 8 / 2 in phase 2
+    assert set(scalars(reference, "progress/phase")[12]) == {1.0}
+
+
+@pytest.mark.parametrize("override, fragment", [
+    ('phases.0.shards="/nonexistent/seq128"', "phases.0.shards"),
+    ("phases.0.micro_batch=3", "global_batch 16 is not a multiple of micro_batch 3"),
+    ("optimizer.zero_stage=1", "LAMB needs ZeRO stage 0"),
+    ("model_overrides.vocab_size=1000", "use shards made with the model's vocabulary"),
+    ("phases.0.learning_rate=1", "unknown keys ['learning_rate']"),
+])
+def test_bad_configs_fail_before_compute_with_one_line(shard_root, tmp_path, override, fragment):
+    result = subprocess.run(train_command(shard_root, override), cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("pretrain: error:") and fragment in last, last
+    assert not (tmp_path / "checkpoints").exists() or not os.listdir(tmp_path / "checkpoints")
