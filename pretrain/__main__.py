@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="demo_out")
     export = commands.add_parser("export", help="write the headless transformers-format model")
     export.add_argument("--checkpoint", required=True,
-                        help="a model folder (model_config.json + model.safetensors) or a transformers SqueezeBERT folder")
+                        help="a trainer checkpoint (a checkpoint dir or one step-N/ in it), a model folder "
+                        "(model_config.json + model.safetensors) or a transformers SqueezeBERT folder")
     export.add_argument("--out", required=True, help="output folder (replaced atomically)")
     export.add_argument("--vocab", help="vocabulary folder (tokenizer.json, vocab.txt) if the checkpoint has none")
     return parser

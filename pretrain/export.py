@@ -176,12 +176,33 @@ def load_model_folder(folder: str) -> SqueezeBertForPretraining:
     return model
 
 
+def load_training_checkpoint(path: str) -> tuple[SqueezeBertForPretraining, str | None]:
+    """The model of a trainer checkpoint: a `step-N/` folder, or a checkpoint dir (its `latest`)."""
+    pointer = os.path.join(path, "latest")
+    if os.path.isfile(pointer):
+        with open(pointer, encoding="utf-8") as handle:
+            path = os.path.join(path, handle.read().strip())
+    states_path = os.path.join(path, "state", "mp_rank_00_model_states.pt")
+    if not os.path.isfile(states_path):
+        raise ExportError(f"--checkpoint {path}: no complete checkpoint there (state/mp_rank_00_model_states.pt)")
+    states = torch.load(states_path, map_location="cpu", weights_only=False)
+    config = ModelConfig.from_dict(states["model_config"], states_path)
+    model = SqueezeBertForPretraining(config)
+    model.load_state_dict(states["module"])
+    vocab = states.get("vocab_dir")
+    return model, vocab if vocab and os.path.isfile(os.path.join(vocab, "vocab.txt")) else None
+
+
 def load_any(path: str) -> tuple[SqueezeBertForPretraining, str | None]:
-    """A model from a project model folder or a transformers folder, and its vocabulary folder if any."""
+    """A model from a trainer checkpoint, a project model folder or a transformers folder, and its
+    vocabulary folder if known."""
+    if os.path.isfile(os.path.join(path, "latest")) or os.path.isdir(os.path.join(path, "state")):
+        return load_training_checkpoint(path)
     if os.path.isfile(os.path.join(path, MODEL_CONFIG_FILE)):
         vocab = os.path.join(path, "vocab")
         return load_model_folder(path), vocab if os.path.isdir(vocab) else None
     if os.path.isfile(os.path.join(path, "config.json")):
         model, _missing = import_transformers(path)
         return model, path if os.path.isfile(os.path.join(path, "vocab.txt")) else None
-    raise ExportError(f"--checkpoint {path}: neither a model folder ({MODEL_CONFIG_FILE}) nor a transformers folder (config.json)")
+    raise ExportError(f"--checkpoint {path}: not a trainer checkpoint (latest, state/), a model folder "
+                      f"({MODEL_CONFIG_FILE}) nor a transformers folder (config.json)")

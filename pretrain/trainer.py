@@ -167,6 +167,8 @@ class Trainer:
         return {
             "trainer": self.state.state_dict(),
             "config": self.config.to_dict(),
+            "model_config": self.model.config.to_dict(),
+            "vocab_dir": os.path.join(os.path.dirname(os.path.abspath(self.config.phases[0].shards)), "vocab"),
             "shards": [b.shards.fingerprint for b in self.batchers],
             "world_size": self.world_size,
         }

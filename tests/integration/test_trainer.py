@@ -163,3 +163,26 @@ def test_bad_configs_fail_before_compute_with_one_line(shard_root, tmp_path, ove
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("pretrain: error:") and fragment in last, last
     assert not (tmp_path / "checkpoints").exists() or not os.listdir(tmp_path / "checkpoints")
+
+
+def test_export_a_trainer_checkpoint_and_continue_pretraining_from_it(reference, shard_root, tmp_path):
+    export = tmp_path / "export"
+    result = subprocess.run([sys.executable, "-m", "pretrain", "export", "--checkpoint",
+                             os.path.join(reference, "checkpoints"), "--out", str(export)],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert {"config.json", "model.safetensors", "vocab.txt", "tokenizer.json"} <= set(os.listdir(export))
+    from transformers import SqueezeBertForSequenceClassification
+
+    classifier, info = SqueezeBertForSequenceClassification.from_pretrained(str(export), output_loading_info=True)
+    assert sorted(info["missing_keys"]) == ["classifier.bias", "classifier.weight"]
+    trained = final_parameters(reference)
+    for name, value in classifier.transformer.state_dict().items():
+        assert torch.equal(value, trained[f"transformer.{name}"]), name
+    # Continued pretraining from the export: a near-zero learning rate must leave its weights in place.
+    workdir = tmp_path / "continued"
+    workdir.mkdir()
+    run(train_command(shard_root, f'init_from="{export}"', "phases.0.peak_lr=1e-12", "phases.1.peak_lr=1e-12"),
+        workdir)
+    continued = final_parameters(str(workdir))
+    assert max((continued[k] - trained[k]).abs().max().item() for k in trained if k.startswith("transformer.")) < 1e-6
