@@ -126,10 +126,11 @@ def open_phase_data(config: RunConfig, model_config: ModelConfig) -> list[Batche
     return batchers
 
 
-def step_losses(output, sop_labels: torch.Tensor, global_masked: int, global_batch: int, scale: float) -> torch.Tensor:
-    mlm_sum = F.cross_entropy(output.mlm_logits.float(), output.mlm_targets, reduction="sum")
-    sop_sum = F.cross_entropy(output.sop_logits.float(), sop_labels, reduction="sum")
-    return (mlm_sum / max(global_masked, 1) + sop_sum / global_batch) * scale
+def step_losses(output, batch_size: int, global_masked: int, global_batch: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The micro-batch's share of the step's loss, and its MLM and SOP cross-entropy sums."""
+    mlm_sum = output.mlm_loss * output.num_masked  # the heads' mean times its count: no second cross-entropy
+    sop_sum = output.sop_loss * batch_size
+    return (mlm_sum / max(global_masked, 1) + sop_sum / global_batch) * scale, mlm_sum.detach(), sop_sum.detach()
 
 
 class Trainer:
@@ -282,17 +283,15 @@ class Trainer:
             batch = {k: v.to(self.device) for k, v in batch.items()}
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16 and self.device.type == "cpu"):
                 output = self.engine(**batch)
-            loss = step_losses(output, batch["sop_labels"], global_masked, phase.global_batch, scale)
+            batch_size = len(batch["sop_labels"])
+            loss, mlm_sum, sop_sum = step_losses(output, batch_size, global_masked, phase.global_batch, scale)
             self.engine.backward(loss)
-            with torch.no_grad():
-                totals += torch.tensor([
-                    F.cross_entropy(output.mlm_logits.float(), output.mlm_targets, reduction="sum").item(),
-                    output.num_masked,
-                    (output.mlm_logits.argmax(-1) == output.mlm_targets).sum().item(),
-                    F.cross_entropy(output.sop_logits.float(), batch["sop_labels"], reduction="sum").item(),
-                    (output.sop_logits.argmax(-1) == batch["sop_labels"]).sum().item(),
-                    batch["attention_mask"].sum().item(),
-                ], dtype=torch.float64)
+            totals += torch.stack([
+                mlm_sum.double(), torch.tensor(float(output.num_masked), dtype=torch.float64, device=mlm_sum.device),
+                (output.mlm_accuracy * output.num_masked).double(), sop_sum.double(),
+                (output.sop_accuracy * batch_size).double(),
+                batch["attention_mask"].sum().double(),
+            ]).cpu()
         grad_norm = self.gradient_norm()  # the last backward all-reduced the gradients
         self.engine.step()
         if dist.is_initialized():
