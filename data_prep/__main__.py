@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     verify = commands.add_parser("verify", help="check every shard against its manifest")
     verify.add_argument("dir", help="a seq<N>/ folder, or the folder holding several")
 
+    merge = commands.add_parser("merge", help="merge the outputs of --part i/N runs into one shard set")
+    merge.add_argument("--parts", nargs="+", required=True, help="the --out folders of all parts")
+    merge.add_argument("--out", required=True)
+
     demo = commands.add_parser("demo", help="vocabulary + 128/512 shards from Python's own documentation")
     demo.add_argument("--out", default="demo_out", help="default %(default)s")
     demo.add_argument("--num-proc", type=int, default=os.cpu_count() or 1)
@@ -164,6 +168,16 @@ def command_verify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def command_merge(args: argparse.Namespace) -> None:
+    from .merge import merge_parts
+
+    merged = merge_parts(args.parts, args.out)
+    for seq_len, manifest in merged.items():
+        totals = manifest["totals"]
+        print(f"data_prep: merged {len(args.parts)} parts: seq{seq_len} {totals['examples']:,} examples in "
+              f"{totals['shards']} shards -> {os.path.join(args.out, f'seq{seq_len}')}", file=sys.stderr)
+
+
 def command_demo(args: argparse.Namespace) -> None:
     from .builtin_corpus import write_corpus
 
@@ -182,7 +196,7 @@ def command_demo(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handlers = {"vocab": command_vocab, "shards": command_shards, "inspect": command_inspect,
-                "verify": command_verify, "demo": command_demo}
+                "verify": command_verify, "merge": command_merge, "demo": command_demo}
     try:
         return handlers[args.command](args) or 0
     except PrepError as error:

@@ -54,8 +54,24 @@ def build_manifest(
         },
         "inputs": dict(sorted(inputs.items())),
         "skipped": {reason: count for reason, count in sorted(skips.items()) if count},
-        "shards": [{"unit": r["unit"], **s} for r, s in zip(unit_records, shards)],
+        # Each shard keeps its unit's own counts, so parts made on several machines merge exactly.
+        "shards": [
+            {"unit": r["unit"], **s, "inputs": r["inputs"], "skips": r["skips"],
+             "dropped_chunks": r["dropped_chunks"][str(seq_len)]}
+            for r, s in zip(unit_records, shards)
+        ],
     }
+
+
+def records_from_manifest(manifest: dict) -> list[dict]:
+    """The per-unit records a manifest was built from (the inverse of `build_manifest`, one length)."""
+    seq = str(manifest["seq_len"])
+    records = []
+    for entry in manifest["shards"]:
+        shard = {k: v for k, v in entry.items() if k not in ("unit", "inputs", "skips", "dropped_chunks")}
+        records.append({"unit": entry["unit"], "inputs": entry["inputs"], "skips": entry["skips"],
+                        "dropped_chunks": {seq: entry["dropped_chunks"]}, "shards": {seq: shard}})
+    return records
 
 
 def manifest_bytes(manifest: dict) -> bytes:

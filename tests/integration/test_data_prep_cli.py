@@ -93,6 +93,14 @@ def test_parts_together_are_the_single_run(reference, small_corpus, vocab_dir, t
                 assert filecmp.cmp(os.path.join(reference, seq_len, shard["file"]),
                                    tmp_path / f"part{part}" / seq_len / shard["file"], shallow=False)
         assert sorted(merged, key=lambda s: s["unit"]) == single
+    # `merge` makes exactly the single run's shard set, manifest included, byte for byte.
+    run_cli("merge", "--parts", *[tmp_path / f"part{part}" for part in (2, 0, 1)], "--out", tmp_path / "merged")
+    assert_same_shards(reference, str(tmp_path / "merged"))
+    assert run_cli("verify", tmp_path / "merged").stdout.count(": ok") == 2
+    one_line_error(run_cli("merge", "--parts", tmp_path / "part0", tmp_path / "part2", "--out", tmp_path / "m2",
+                           check=False), "part(s) [1] of 3 missing")
+    one_line_error(run_cli("merge", "--parts", tmp_path / "part0", tmp_path / "part0", tmp_path / "part1",
+                           "--out", tmp_path / "m3", check=False), "given twice")
 
 
 def test_kill_and_rerun_gives_identical_shards(reference, small_corpus, vocab_dir, tmp_path):

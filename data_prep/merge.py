@@ -1,0 +1,82 @@
+"""`merge`: the shard sets of `--part i/N` runs (one per machine) into one shard set.
+
+Checks that every part used the same vocabulary, config and seed, that parts 0..N-1 are all there exactly
+once, and that their units do not overlap and leave no gap; then links (or copies) the shards into the
+output and writes the manifest the single-machine run would have written, byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+from .atomic import atomic_write_bytes
+from .config import PrepError
+from .manifest import build_manifest, load_manifest, records_from_manifest, write_manifest
+from .pipeline import STATE_FILE, copy_vocab
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    if os.path.exists(target):
+        if os.path.getsize(target) == os.path.getsize(source):
+            return  # a rerun of an interrupted merge
+        os.remove(target)
+    tmp = target + ".tmp"
+    try:
+        os.link(source, tmp)
+    except OSError:  # another filesystem: copy
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+def merge_parts(part_dirs: list[str], out_dir: str) -> dict[int, dict]:
+    if len(part_dirs) < 1:
+        raise PrepError("--parts: give the output folders of the parts")
+    seq_lens = None
+    for part_dir in part_dirs:
+        found = sorted(int(n[3:]) for n in os.listdir(part_dir) if n.startswith("seq") and n[3:].isdigit()) \
+            if os.path.isdir(part_dir) else None
+        if not found:
+            raise PrepError(f"--parts {part_dir}: no seq*/ shard sets there")
+        if seq_lens is not None and found != seq_lens:
+            raise PrepError(f"--parts {part_dir}: has lengths {found}, another part has {seq_lens}")
+        seq_lens = found
+    merged = {}
+    for seq_len in seq_lens:
+        manifests = [load_manifest(os.path.join(d, f"seq{seq_len}")) for d in part_dirs]
+        first = manifests[0]
+        count = first["part"]["count"]
+        indices = [m["part"]["index"] for m in manifests]
+        for part_dir, manifest in zip(part_dirs, manifests):
+            where = f"--parts {part_dir} (seq{seq_len})"
+            if manifest["part"]["count"] != count:
+                raise PrepError(f"{where}: is part of {manifest['part']['count']}, others of {count}")
+            if manifest["tokenizer"] != first["tokenizer"]:
+                raise PrepError(f"{where}: made with another vocabulary than {part_dirs[0]}")
+            settings = {k: v for k, v in manifest["config"].items() if k != "part_index"}
+            if settings != {k: v for k, v in first["config"].items() if k != "part_index"}:
+                changed = sorted(k for k in settings if settings[k] != first["config"].get(k))
+                raise PrepError(f"{where}: made with other settings than {part_dirs[0]} ({', '.join(changed)})")
+        duplicates = sorted({i for i in indices if indices.count(i) > 1})
+        missing = sorted(set(range(count)) - set(indices))
+        if duplicates or missing:
+            raise PrepError(f"--parts: parts {duplicates} given twice" if duplicates else
+                            f"--parts: part(s) {missing} of {count} missing; give every part's output folder")
+        records = sorted((r for m in manifests for r in records_from_manifest(m)), key=lambda r: r["unit"])
+        units = [r["unit"] for r in records]
+        if units != list(range(len(units))):
+            raise PrepError(f"--parts: units {sorted(set(range(units[-1] + 1)) - set(units))} of seq{seq_len} are "
+                            "missing (a part was not finished?)")
+        folder = os.path.join(out_dir, f"seq{seq_len}")
+        os.makedirs(folder, exist_ok=True)
+        for part_dir, manifest in zip(part_dirs, manifests):
+            for shard in manifest["shards"]:
+                _link_or_copy(os.path.join(part_dir, f"seq{seq_len}", shard["file"]), os.path.join(folder, shard["file"]))
+        config = {**first["config"], "part_index": 0, "part_count": 1}
+        merged[seq_len] = build_manifest(seq_len, config, first["tokenizer"], records, (0, 1))
+        write_manifest(folder, merged[seq_len])
+    copy_vocab(os.path.join(part_dirs[0], "vocab"), out_dir)
+    state = {"config": merged[seq_lens[0]]["config"], "tokenizer": merged[seq_lens[0]]["tokenizer"]}
+    atomic_write_bytes(os.path.join(out_dir, STATE_FILE), (json.dumps(state, indent=1) + "\n").encode("utf-8"))
+    return merged
