@@ -131,6 +131,11 @@ class RunConfig:
     """Seeds the initialization, the epoch order, the masks and dropout."""
     precision: str = "auto"
     """auto (bf16 where the GPU supports it, else fp32) | fp32 | bf16."""
+    max_steps_this_run: int = 0
+    """Stop (save, exit 75 as on preemption) after this many optimizer steps in this invocation (0 = no
+    limit): fixed slices of a schedule for clusters that run chains of short jobs."""
+    distributed_timeout_minutes: float = 10.0
+    """How long a collective waits for a rank that stopped answering before the job fails with an error."""
     phases: list[PhaseConfig] = field(default_factory=list)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -144,6 +149,8 @@ class RunConfig:
             raise RunConfigError(f"phases: names repeat ({names}); each phase needs its own name")
         for index, phase in enumerate(self.phases):
             phase.validate(f"phases.{index}")
+        if self.max_steps_this_run < 0 or self.distributed_timeout_minutes <= 0:
+            raise RunConfigError("max_steps_this_run must be >= 0 and distributed_timeout_minutes > 0")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise RunConfigError(f"precision = {self.precision!r}: choose auto, fp32 or bf16")
         self.optimizer.validate()

@@ -72,7 +72,7 @@ class Preemption:
         return bool(flag.item())
 
 
-def setup_distributed() -> tuple[int, int]:
+def setup_distributed(timeout_minutes: float = 10.0) -> tuple[int, int]:
     import deepspeed
 
     if "RANK" not in os.environ:  # a plain process: a world of one
@@ -81,7 +81,7 @@ def setup_distributed() -> tuple[int, int]:
             port = probe.getsockname()[1]
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
-    deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=10))
+    deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -138,7 +138,7 @@ class Trainer:
         import deepspeed
 
         self.config = config
-        self.rank, self.world_size = setup_distributed()
+        self.rank, self.world_size = setup_distributed(config.distributed_timeout_minutes)
         for index, phase in enumerate(config.phases):  # a bad batch split fails before any compute
             gradient_accumulation(phase, self.world_size, f"phases.{index}")
         torch.manual_seed(config.seed)
@@ -200,16 +200,51 @@ class Trainer:
     def fit(self) -> int:
         self.log_line("resolved config " + json.dumps(self.config.to_dict()))
         self.resume()
+        self.steps_this_run = 0
         while self.state.phase_index < len(self.config.phases):
             if self.train_phase() == EXIT_PREEMPTED:
+                self.write_status("preempted")
+                return EXIT_PREEMPTED
+            budget = self.config.max_steps_this_run
+            if budget and self.steps_this_run >= budget and self.state.phase_index + 1 < len(self.config.phases):
+                # The phase-end checkpoint is saved; the next invocation starts the next phase from it.
+                self.log_line(f"step budget of this run spent at the end of a phase; exit {EXIT_PREEMPTED}")
+                self.write_status("preempted")
                 return EXIT_PREEMPTED
             self.state.phase_index += 1
             self.state.step_in_phase = 0
             self.state.consumed_samples = 0
         if self.writer:
             self.writer.close()
-        self.log_line("training complete")
+        fingerprint = self.parameter_fingerprint()
+        self.log_line(f"training complete; parameters identical on all {self.world_size} ranks (sha256 {fingerprint})")
+        self.write_status("complete")
         return 0
+
+    def parameter_fingerprint(self) -> str:
+        """sha256 of all parameters, checked equal on every rank (data parallelism must keep them so)."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for parameter in self.model.parameters():
+            digest.update(parameter.detach().float().cpu().numpy().tobytes())
+        mine = digest.hexdigest()
+        everyone = [None] * self.world_size
+        if dist.is_initialized():
+            dist.all_gather_object(everyone, mine)
+        else:
+            everyone = [mine]
+        if len(set(everyone)) != 1:
+            raise RuntimeError(f"parameters differ between ranks: {everyone}")
+        return mine
+
+    def write_status(self, state: str) -> None:
+        """For job scripts (launch/): PRETRAIN_STATUS_FILE gets `complete` or `preempted <step>`."""
+        path = os.environ.get("PRETRAIN_STATUS_FILE")
+        if path and self.rank == 0:
+            from data_prep.atomic import atomic_write_bytes
+
+            atomic_write_bytes(path, f"{state} {self.state.global_step}\n".encode())
 
     def configure_phase(self, phase) -> int:
         accumulation = gradient_accumulation(phase, self.world_size)
@@ -249,11 +284,14 @@ class Trainer:
                 self.log_step(metrics, phase, elapsed, start_step)
             if config.logging.eval_every_steps and self.state.global_step % config.logging.eval_every_steps == 0:
                 self.evaluate(batcher, phase)
-            stop = self.preemption.agreed()
+            self.steps_this_run += 1
+            budget_spent = bool(self.config.max_steps_this_run) and self.steps_this_run >= self.config.max_steps_this_run
+            stop = self.preemption.agreed() or (budget_spent and self.state.step_in_phase < phase.steps)
             if stop or self.should_save(phase):
                 self.save()
             if stop:
-                self.log_line(f"preempted: saved at global step {self.state.global_step}; exit {EXIT_PREEMPTED}")
+                reason = "step budget of this run spent" if budget_spent else "preempted"
+                self.log_line(f"{reason}: saved at global step {self.state.global_step}; exit {EXIT_PREEMPTED}")
                 return EXIT_PREEMPTED
         return 0
 

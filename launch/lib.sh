@@ -1,0 +1,53 @@
+# Shared shell functions of the launch scripts (sourced, not run).
+
+EXIT_PREEMPTED=75
+
+local_gpu_count() {
+    local count
+    count=$(nvidia-smi --list-gpus 2>/dev/null | wc -l)
+    if [[ "$count" -gt 0 ]]; then echo "$count"; else echo 1; fi
+}
+
+descendants() {
+    local child
+    for child in $(pgrep -P "$1" 2>/dev/null); do
+        echo "$child"
+        descendants "$child"
+    done
+}
+
+# Send a signal to the training ranks below a launcher: processes running `python [-u] -m pretrain ...`
+# (the launchers' own command lines start with deepspeed's or torchrun's module instead).
+signal_ranks() {
+    local signal=$1 root=$2 pid cmdline
+    for pid in $(descendants "$root"); do
+        cmdline=$(tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null) || continue
+        if [[ "$cmdline" =~ ^[^\ ]*python[^\ ]*\ (-u\ )?-m\ pretrain\  ]]; then
+            kill -"$signal" "$pid" 2>/dev/null
+        fi
+    done
+}
+
+# The node's exit code from the launcher's code and rank 0's status file (launchers do not pass on
+# their ranks' exit codes faithfully: torchrun reports any failure as 1).
+exit_code_from_status() {
+    local launcher_code=$1 status_file=$2 state=""
+    [[ -f "$status_file" ]] && read -r state _ < "$status_file"
+    case "$state" in
+        complete) return 0 ;;
+        preempted) return "$EXIT_PREEMPTED" ;;
+    esac
+    if [[ "$launcher_code" -eq 0 ]]; then return 0; fi  # a node other than rank 0's: no status file here
+    return "$launcher_code"
+}
+
+# What a batch job does after its nodes exit: done | requeue | fail.
+#   decide_after_exit <exit code> <restarts so far> <max restarts after failures>
+decide_after_exit() {
+    local code=$1 restarts=${2:-0} max_restarts=${3:-3}
+    if [[ "$code" -eq 0 ]]; then echo done
+    elif [[ "$code" -eq "$EXIT_PREEMPTED" ]]; then echo requeue
+    elif [[ "$restarts" -lt "$max_restarts" ]]; then echo requeue  # a node died: resume from the checkpoint
+    else echo fail
+    fi
+}

@@ -1,0 +1,161 @@
+"""launch/: two simulated nodes on loopback (deepspeed no-ssh, torchrun), signals through the node script,
+restarts on another number of ranks, and the SLURM scripts' environment and requeue logic without SLURM."""
+
+import glob
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from tests.conftest import ROOT
+from tests.integration.test_trainer import NO_DROPOUT, final_parameters, run, scalars, train_command, wait_for
+
+LAUNCH = os.path.join(ROOT, "launch")
+CONFIG = os.path.join(ROOT, "configs", "tiny.toml")
+
+
+def set_args(shard_root, *overrides):
+    return train_command(shard_root, *NO_DROPOUT, *overrides)[train_command(shard_root).index("--config") + 2 :]
+
+
+def node_env(**values):
+    env = {**os.environ, "CONFIG": CONFIG, "PYTHON": sys.executable, **{k: str(v) for k, v in values.items()}}
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env["PATH"]
+    return env
+
+
+def free_port():
+    return random.randint(20000, 45000)
+
+
+@pytest.fixture(scope="module")
+def single(shard_root, tmp_path_factory):
+    """One plain process, no dropout: what every launch form must reproduce."""
+    workdir = tmp_path_factory.mktemp("single")
+    run(train_command(shard_root, *NO_DROPOUT), workdir)
+    return str(workdir)
+
+
+def assert_close_to(single_dir, workdir, tolerance=1e-5):
+    one, other = final_parameters(single_dir), final_parameters(str(workdir))
+    assert max((one[k].float() - other[k].float()).abs().max().item() for k in one) < tolerance
+
+
+@pytest.mark.parametrize("launcher", ["deepspeed", "torchrun"])
+def test_two_nodes_on_loopback(launcher, single, shard_root, tmp_path):
+    port = free_port()
+    nodes = [
+        subprocess.Popen(["bash", os.path.join(LAUNCH, "run_node.sh"), *set_args(shard_root)], cwd=tmp_path,
+                         env=node_env(LAUNCHER=launcher, NNODES=2, NODE_RANK=rank, GPUS_PER_NODE=1,
+                                      MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
+                                      PRETRAIN_STATUS_FILE=tmp_path / f"status{rank}"),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for rank in (0, 1)
+    ]
+    outputs = [node.communicate(timeout=300)[1] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    assert "parameters identical on all 2 ranks" in outputs[0]
+    assert (tmp_path / "status0").read_text().startswith("complete")
+    assert_close_to(single, tmp_path)
+
+
+def test_sigterm_to_the_node_script_reaches_the_ranks(shard_root, tmp_path):
+    process = subprocess.Popen(["bash", os.path.join(LAUNCH, "run_node.sh"), *set_args(shard_root)], cwd=tmp_path,
+                               env=node_env(GPUS_PER_NODE=2, MASTER_PORT=free_port(),
+                                            PRETRAIN_STATUS_FILE=tmp_path / "status"),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(tmp_path / "checkpoints" / "latest", process, timeout=240)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    if process.returncode == 0:
+        pytest.skip("the run finished before the signal took effect")
+    assert process.returncode == 75, stderr[-3000:]
+    assert (tmp_path / "status").read_text().startswith("preempted")
+
+
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
+def test_restart_on_another_number_of_ranks(before, after, single, shard_root, tmp_path):
+    def launch(ranks, *extra):
+        env = node_env(GPUS_PER_NODE=ranks, MASTER_PORT=free_port(), PRETRAIN_STATUS_FILE=tmp_path / "status")
+        return subprocess.run(["bash", os.path.join(LAUNCH, "run_node.sh"), *set_args(shard_root, *extra)],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+
+    first = launch(before, "max_steps_this_run=5")
+    assert first.returncode == 75, first.stderr[-2000:]
+    second = launch(after)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert f"changed: world size {before} -> {after}" in second.stderr
+    assert_close_to(single, tmp_path)
+    expected, got = scalars(single, "train/loss"), scalars(str(tmp_path), "train/loss")
+    assert all(abs(got[step][-1] - expected[step][0]) < 1e-4 for step in range(1, 13))
+
+
+def test_killing_one_node_fails_the_other_and_a_relaunch_resumes(single, shard_root, tmp_path):
+    port = free_port()
+
+    def start(rank, timeout_minutes):
+        env = node_env(LAUNCHER="deepspeed", NNODES=2, NODE_RANK=rank, GPUS_PER_NODE=1, MASTER_ADDR="127.0.0.1",
+                       MASTER_PORT=port, PRETRAIN_STATUS_FILE=tmp_path / f"status{rank}")
+        args = set_args(shard_root, f"distributed_timeout_minutes={timeout_minutes}")
+        return subprocess.Popen(["bash", os.path.join(LAUNCH, "run_node.sh"), *args], cwd=tmp_path, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    nodes = [start(0, 0.5), start(1, 0.5)]
+    wait_for(tmp_path / "checkpoints" / "latest", nodes[0], timeout=240)
+    os.killpg(nodes[1].pid, signal.SIGKILL)  # the whole node: its script, launcher and rank
+    started = time.monotonic()
+    _, stderr = nodes[0].communicate(timeout=240)  # bounded: the survivor must not hang
+    assert nodes[0].returncode not in (0, 75), stderr[-2000:]
+    assert time.monotonic() - started < 200
+    nodes[1].wait()
+    port += 1
+    relaunched = [start(0, 5), start(1, 5)]
+    codes = [node.wait(timeout=300) for node in relaunched]
+    assert codes == [0, 0]
+    assert_close_to(single, tmp_path)
+
+
+# -- the SLURM scripts, without SLURM ---------------------------------------------------------------------
+
+
+def test_scripts_parse():
+    for path in glob.glob(os.path.join(LAUNCH, "*.sh")) + glob.glob(os.path.join(LAUNCH, "*.sbatch")):
+        assert subprocess.run(["bash", "-n", path]).returncode == 0, path
+
+
+def test_slurm_environment_is_derived_from_slurm_variables(tmp_path):
+    scontrol = tmp_path / "scontrol"  # what `scontrol show hostnames gpu[01-04]` prints
+    scontrol.write_text("#!/bin/sh\n[ \"$1 $2\" = 'show hostnames' ] && printf 'gpu01\\ngpu02\\ngpu03\\ngpu04\\n'\n")
+    scontrol.chmod(0o755)
+    env = {"PATH": f"{tmp_path}:{os.environ['PATH']}", "SLURM_JOB_ID": "1234567", "SLURM_JOB_NODELIST": "gpu[01-04]",
+           "SLURM_JOB_NUM_NODES": "4", "SLURM_NODEID": "2", "SLURM_GPUS_ON_NODE": "8"}
+    script = f"source {LAUNCH}/slurm_env.sh && echo $MASTER_ADDR $MASTER_PORT $NNODES $NODE_RANK $GPUS_PER_NODE"
+    result = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True)
+    assert result.stdout.split() == ["gpu01", str(20000 + 1234567 % 20000), "4", "2", "8"], result.stderr
+    outside = subprocess.run(["bash", "-c", f"source {LAUNCH}/slurm_env.sh"], env={"PATH": os.environ["PATH"]},
+                             capture_output=True, text=True)
+    assert outside.returncode != 0 and "not inside a SLURM job" in outside.stderr
+
+
+@pytest.mark.parametrize("code, restarts, decision", [
+    (0, 0, "done"), (75, 0, "requeue"), (75, 99, "requeue"), (1, 0, "requeue"), (137, 2, "requeue"), (1, 3, "fail"),
+])
+def test_requeue_decision(code, restarts, decision):
+    script = f"source {LAUNCH}/lib.sh && decide_after_exit {code} {restarts} 3"
+    assert subprocess.run(["bash", "-c", script], capture_output=True, text=True).stdout.strip() == decision
+
+
+@pytest.mark.parametrize("status, launcher_code, expected", [
+    ("complete 12", 1, 0), ("preempted 5", 1, 75), (None, 0, 0), (None, 1, 1), (None, 75, 75),
+])
+def test_node_exit_code_comes_from_rank_zeros_status(status, launcher_code, expected, tmp_path):
+    status_file = tmp_path / "status"
+    if status:
+        status_file.write_text(status + "\n")
+    script = f"source {LAUNCH}/lib.sh && exit_code_from_status {launcher_code} {status_file}"
+    assert subprocess.run(["bash", "-c", script]).returncode == expected
