@@ -116,7 +116,10 @@ class LoggingConfig:
     eval_every_steps: int = 500
     """Evaluate on the held-out samples every N steps (0 = never)."""
     eval_samples: int = 2048
-    """Held out: the last `eval_samples` examples of each shard set never enter training."""
+    """Held out: the last `eval_samples` examples (at most 10%) of each shard set never enter training."""
+    peak_flops_per_device: float = 0.0
+    """The accelerator's peak FLOP/s at the run's precision (e.g. 989e12 for an H100 in dense bf16); when set,
+    MFU = achieved model FLOP/s / (peak x ranks) is logged as progress/mfu."""
 
 
 @dataclass

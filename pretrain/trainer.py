@@ -278,9 +278,11 @@ class Trainer:
             if self.rank == 0:
                 elapsed = time.monotonic() - start_time
                 samples_per_s = (self.state.step_in_phase - start_step) * phase.global_batch / max(elapsed, 1e-9)
+                flops_per_s = samples_per_s * batcher.shards.seq_len * flops_token
                 metrics.update(lr=lr, phase=index, samples_per_s=samples_per_s,
-                               tokens_per_s=samples_per_s * metrics.pop("mean_length"),
-                               flops_per_s=samples_per_s * batcher.shards.seq_len * flops_token)
+                               tokens_per_s=samples_per_s * metrics.pop("mean_length"), flops_per_s=flops_per_s)
+                if config.logging.peak_flops_per_device:
+                    metrics["mfu"] = flops_per_s / (config.logging.peak_flops_per_device * self.world_size)
                 self.log_step(metrics, phase, elapsed, start_step)
             if config.logging.eval_every_steps and self.state.global_step % config.logging.eval_every_steps == 0:
                 self.evaluate(batcher, phase)

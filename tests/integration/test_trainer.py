@@ -147,6 +147,8 @@ def test_schedule_read_back_from_tensorboard(reference):
     accumulation = scalars(reference, "progress/accumulation")
     assert accumulation[1] == [4.0] and accumulation[12] == [4.0]  # 16 / 4 in phase 1, 8 / 2 in phase 2
     assert set(scalars(reference, "progress/phase")[12]) == {1.0}
+    assert sorted(scalars(reference, "eval/mlm_loss")) == [4, 8, 12]  # the held-out evaluation
+    assert all(0 < value < 1 for values in scalars(reference, "progress/mfu").values() for value in values)
 
 
 @pytest.mark.parametrize("override, fragment", [
