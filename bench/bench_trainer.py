@@ -26,7 +26,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from pretrain.config import load_config  # noqa: E402
+from pretrain.config import OptimizerConfig, load_config  # noqa: E402
 from pretrain.data import Batcher, MaskingConfig, ShardSet, rank_slice  # noqa: E402
 from pretrain.heads import SqueezeBertForPretraining  # noqa: E402
 from pretrain.model import ModelConfig  # noqa: E402
@@ -40,7 +40,7 @@ SHAPES = {"squeezebert-tiny": (256, 64), "squeezebert-base": (32, 8)}  # global 
 def bare_step_time(model_name: str, batcher: Batcher, global_batch: int, micro_batch: int, steps: int) -> float:
     torch.manual_seed(0)
     model = SqueezeBertForPretraining(ModelConfig.preset(model_name)).train()
-    optimizer = build_lamb(model, load_config(None, ['phases=[{shards="x"}]']).optimizer, lr=1e-3)
+    optimizer = build_lamb(model, OptimizerConfig(), lr=1e-3)
     accumulation = global_batch // micro_batch
     batches = [[batcher(rank_slice(step, micro, global_batch, micro_batch, 0, 1)) for micro in range(accumulation)]
                for step in range(steps)]

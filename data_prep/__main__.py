@@ -6,11 +6,10 @@ Bad input ends with one line `data_prep: error: ...` naming the file or flag, an
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
-from .config import PrepConfig, PrepError, parse_part
+from .config import SPECIAL_TOKENS, PrepConfig, PrepError, parse_part
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -103,6 +102,7 @@ def command_vocab(args: argparse.Namespace) -> None:
 
     if args.import_vocab and args.source:
         raise PrepError("give either --import-vocab or --source, not both")
+    _check_writable(args.out)  # before minutes of training, not after
     if args.import_vocab:
         tokenizer = import_vocab(args.import_vocab, lowercase=not args.cased)
     else:
@@ -113,15 +113,11 @@ def command_vocab(args: argparse.Namespace) -> None:
         config = PrepConfig(sources=list(args.source), max_line_mb=args.max_line_mb,
                             bookcorpus_doc_sentences=args.bookcorpus_doc_sentences)
         specs = [parse_source(s) for s in config.sources]
-        _check_writable(args.out)
         reader = DocumentReader(specs, config, SkipCounter())
         tokenizer = train_vocab(training_texts(reader, clean), args.vocab_size, not args.cased, args.min_frequency)
-        if tokenizer.get_vocab_size() <= len(set(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])):
+        if tokenizer.get_vocab_size() <= len(SPECIAL_TOKENS):
             raise PrepError(f"--source {' '.join(args.source)}: no usable text to train a vocabulary on")
-    _check_writable(args.out)
-    from .tokenizer import save_vocab as _save
-
-    _save(tokenizer, args.out)
+    save_vocab(tokenizer, args.out)
     print(f"data_prep: vocabulary of {tokenizer.get_vocab_size():,} wordpieces -> {args.out}", file=sys.stderr)
 
 

@@ -7,6 +7,7 @@ final name only once every byte of it is on disk.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 
 from .config import PrepError
@@ -60,6 +61,14 @@ def atomic_write_bytes(path: str, data) -> None:
     except BaseException:
         remove_quietly(tmp_path)
         raise
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def remove_quietly(path: str) -> None:

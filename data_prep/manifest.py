@@ -9,15 +9,13 @@ inputs write byte-identical manifests.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections import Counter
 
-import pyarrow as pa
 import pyarrow.compute as pc
 
-from .atomic import atomic_write_bytes
+from .atomic import atomic_write_bytes, file_sha256
 from .config import FORMAT_VERSION, PrepError
 from .shards import open_shard, schema
 
@@ -128,11 +126,7 @@ def verify_folder(folder: str) -> list[str]:
         if size != shard["bytes"]:
             problems.append(f"{path}: {size} bytes, manifest says {shard['bytes']} (truncated or replaced)")
             continue
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        if digest.hexdigest() != shard["sha256"]:
+        if file_sha256(path) != shard["sha256"]:
             problems.append(f"{path}: sha256 differs from the manifest (corrupt)")
             continue
         try:

@@ -31,14 +31,14 @@ from typing import Iterator
 
 import numpy as np
 
-from .atomic import TMP_SUFFIX, atomic_write_bytes, remove_quietly
+from .atomic import TMP_SUFFIX, atomic_write_bytes, file_sha256, remove_quietly
 from .config import PrepConfig, PrepError
 from .examples import assemble, pair_document
-from .manifest import build_manifest, load_manifest, manifest_bytes, write_manifest, MANIFEST_FILE
+from .manifest import MANIFEST_FILE, build_manifest, load_manifest, write_manifest
 from .sentences import split_sentences
 from .shards import SHARD_PATTERN, build_table, write_shard
 from .sources import Document, DocumentReader, SkipCounter, parse_source, total_input_bytes
-from .tokenizer import TOKENIZER_FILE, VOCAB_FILE, file_sha256, load_vocab, special_token_ids
+from .tokenizer import TOKENIZER_FILE, copy_vocab_files, load_vocab, special_token_ids
 
 STATE_FILE = "prep_config.json"
 PROGRESS_DIR = ".progress"
@@ -236,13 +236,7 @@ class OutputFolder:
 
 def copy_vocab(vocab_dir: str, out_dir: str) -> None:
     """The shard set carries its vocabulary, so `inspect` and the trainer need no other path."""
-    target = os.path.join(out_dir, "vocab")
-    os.makedirs(target, exist_ok=True)
-    for name in (TOKENIZER_FILE, VOCAB_FILE):
-        source = os.path.join(vocab_dir, name)
-        if os.path.isfile(source):
-            with open(source, "rb") as handle:
-                atomic_write_bytes(os.path.join(target, name), handle.read())
+    copy_vocab_files(vocab_dir, os.path.join(out_dir, "vocab"))
 
 
 def tokenizer_info(vocab_dir: str) -> dict:
@@ -388,5 +382,3 @@ class Progress:
             lines.append("  skipped: " + ", ".join(f"{k}={v:,}" for k, v in first["skipped"].items()))
         print("\n".join(lines), file=sys.stderr)
 
-
-__all__ = ["run_shards", "process_unit", "tokenize_unit", "manifest_bytes"]

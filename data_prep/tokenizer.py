@@ -7,7 +7,6 @@ pre-tokenizer, WordPiece, the `[CLS] A [SEP] B [SEP]` template) and `vocab.txt` 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from typing import Iterable, Iterator
 
@@ -84,6 +83,16 @@ def save_vocab(tokenizer: Tokenizer, out_dir: str) -> None:
     atomic_write_bytes(os.path.join(out_dir, VOCAB_FILE), vocab_lines(tokenizer))
 
 
+def copy_vocab_files(vocab_dir: str, target_dir: str) -> None:
+    """Copy `tokenizer.json` and `vocab.txt` (those present) into `target_dir`, atomically."""
+    os.makedirs(target_dir, exist_ok=True)
+    for name in (TOKENIZER_FILE, VOCAB_FILE):
+        source = os.path.join(vocab_dir, name)
+        if os.path.isfile(source):
+            with open(source, "rb") as handle:
+                atomic_write_bytes(os.path.join(target_dir, name), handle.read())
+
+
 def load_vocab(vocab_dir: str) -> Tokenizer:
     path = os.path.join(vocab_dir, TOKENIZER_FILE)
     if not os.path.isfile(path):
@@ -98,14 +107,6 @@ def load_vocab(vocab_dir: str) -> Tokenizer:
     if missing:
         raise PrepError(f"{path}: vocabulary lacks the special tokens {missing}")
     return tokenizer
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def special_token_ids(tokenizer: Tokenizer) -> dict[str, int]:

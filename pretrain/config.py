@@ -121,6 +121,12 @@ class LoggingConfig:
     """The accelerator's peak FLOP/s at the run's precision (e.g. 989e12 for an H100 in dense bf16); when set,
     MFU = achieved model FLOP/s / (peak x ranks) is logged as progress/mfu."""
 
+    def validate(self) -> None:
+        if self.every_steps < 1:
+            raise RunConfigError(f"logging.every_steps = {self.every_steps}: must be at least 1")
+        if self.eval_every_steps < 0 or self.eval_samples < 0 or self.peak_flops_per_device < 0:
+            raise RunConfigError("logging.eval_every_steps, eval_samples and peak_flops_per_device must be >= 0")
+
 
 @dataclass
 class RunConfig:
@@ -158,6 +164,7 @@ class RunConfig:
             raise RunConfigError(f"precision = {self.precision!r}: choose auto, fp32 or bf16")
         self.optimizer.validate()
         self.checkpoint.validate()
+        self.logging.validate()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -16,13 +16,13 @@ the hash is one vectorized pass over the whole micro-batch.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from data_prep.atomic import file_sha256
 from data_prep.config import PrepError
 from data_prep.manifest import MANIFEST_FILE, load_manifest
 from data_prep.shards import open_shard
@@ -47,8 +47,7 @@ class ShardSet:
         self.seq_len: int = self.manifest["seq_len"]
         self.vocab_size: int = self.manifest["tokenizer"]["vocab_size"]
         self.special_ids: dict[str, int] = self.manifest["tokenizer"]["special_token_ids"]
-        with open(os.path.join(folder, MANIFEST_FILE), "rb") as handle:
-            self.fingerprint = hashlib.sha256(handle.read()).hexdigest()
+        self.fingerprint = file_sha256(os.path.join(folder, MANIFEST_FILE))
         self._offsets: list[np.ndarray] = []
         self._values: list[np.ndarray] = []
         self._a_lengths: list[np.ndarray] = []

@@ -22,6 +22,8 @@ import shutil
 import torch
 from safetensors.torch import load_file, save_file
 
+from data_prep.tokenizer import copy_vocab_files
+
 from .heads import SqueezeBertForPretraining
 from .model import ModelConfig
 
@@ -87,10 +89,7 @@ def check_vocab(vocab_dir: str, config: ModelConfig) -> None:
 
 
 def _write_tokenizer(vocab_dir: str, out_dir: str, config: ModelConfig) -> None:
-    for name in ("tokenizer.json", "vocab.txt"):
-        source = os.path.join(vocab_dir, name)
-        if os.path.isfile(source):
-            shutil.copyfile(source, os.path.join(out_dir, name))
+    copy_vocab_files(vocab_dir, out_dir)
     _write_json(os.path.join(out_dir, "tokenizer_config.json"), {
         "tokenizer_class": "SqueezeBertTokenizer", "do_lower_case": True,
         "model_max_length": config.max_position_embeddings,
@@ -121,10 +120,7 @@ def save_model_folder(model: SqueezeBertForPretraining, out_dir: str, vocab_dir:
     save_file(state, os.path.join(out_dir, WEIGHTS_FILE), metadata={"format": "pt"})
     _write_json(os.path.join(out_dir, MODEL_CONFIG_FILE), model.config.to_dict())
     if vocab_dir:
-        os.makedirs(os.path.join(out_dir, "vocab"), exist_ok=True)
-        for name in ("tokenizer.json", "vocab.txt"):
-            if os.path.isfile(os.path.join(vocab_dir, name)):
-                shutil.copyfile(os.path.join(vocab_dir, name), os.path.join(out_dir, "vocab", name))
+        copy_vocab_files(vocab_dir, os.path.join(out_dir, "vocab"))
 
 
 def _load_weights(folder: str) -> dict[str, torch.Tensor]:

@@ -149,7 +149,8 @@ class Trainer:
         optimizer = build_lamb(self.model, config.optimizer, lr=first.peak_lr)  # set every step from the schedule
         self.engine, self.optimizer, _, _ = deepspeed.initialize(
             model=self.model, optimizer=optimizer,
-            config=deepspeed_config(first, self.world_size, config.optimizer, self.bf16),
+            # bf16 weights under DeepSpeed on accelerators; on CPU, bf16 is autocast over fp32 (see train_step)
+            config=deepspeed_config(first, self.world_size, config.optimizer, self.bf16 and torch.cuda.is_available()),
         )
         self.device = self.engine.device
         self.state = TrainerState()
@@ -247,7 +248,7 @@ class Trainer:
             atomic_write_bytes(path, f"{state} {self.state.global_step}\n".encode())
 
     def configure_phase(self, phase) -> int:
-        accumulation = gradient_accumulation(phase, self.world_size)
+        accumulation = self.accumulation = gradient_accumulation(phase, self.world_size)
         self.engine.set_train_micro_batch_size(phase.micro_batch)
         self.engine.set_train_batch_size(phase.global_batch)
         return accumulation
@@ -385,7 +386,7 @@ class Trainer:
             group = "train" if "loss" in key or "accuracy" in key or key == "grad_norm" else "progress"
             self.writer.add_scalar(f"{group}/{key}", value, step)
         self.writer.add_scalar("progress/step_in_phase", self.state.step_in_phase, step)
-        self.writer.add_scalar("progress/accumulation", gradient_accumulation(phase, self.world_size), step)
+        self.writer.add_scalar("progress/accumulation", self.accumulation, step)
         if self.state.step_in_phase % self.config.logging.every_steps == 0 or self.state.step_in_phase == phase.steps:
             done = self.state.step_in_phase - start_step
             eta = elapsed / max(done, 1) * (phase.steps - self.state.step_in_phase)

@@ -12,7 +12,8 @@
 # here (--no-build-isolation), not against another torch downloaded into an isolated build environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python3}
+# The interpreter the README's commands then run (`python -m ...`), so packages land where they are used.
+PYTHON=${PYTHON:-$(command -v python || command -v python3)}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 DEEPSPEED_SPEC=${DEEPSPEED_SPEC:-deepspeed==0.19.8}
 extras=""

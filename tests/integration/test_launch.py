@@ -10,7 +10,6 @@ import sys
 import time
 
 import pytest
-import torch
 
 from tests.conftest import ROOT
 from tests.integration.test_trainer import NO_DROPOUT, final_parameters, run, scalars, train_command, wait_for
@@ -72,9 +71,7 @@ def test_sigterm_to_the_node_script_reaches_the_ranks(shard_root, tmp_path):
     wait_for(tmp_path / "checkpoints" / "latest", process, timeout=240)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
-    if process.returncode == 0:
-        pytest.skip("the run finished before the signal took effect")
-    assert process.returncode == 75, stderr[-3000:]
+    assert process.returncode == 75, stderr[-3000:]  # sent at step 3 of 12: 0 would mean it was lost
     assert (tmp_path / "status").read_text().startswith("preempted")
 
 

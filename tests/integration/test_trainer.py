@@ -95,8 +95,7 @@ def test_sigterm_saves_and_exits_with_the_requeue_code(reference, shard_root, tm
     sent = time.monotonic()
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
-    if process.returncode == 0:  # the signal came during the last step's save: nothing left to preempt
-        pytest.skip("the run finished before the signal took effect")
+    # The signal is sent at step 3 of 12: a run that ends with 0 ignored it.
     assert process.returncode == 75, stderr[-2000:]
     assert time.monotonic() - sent < 30
     assert "preempted: saved at global step" in stderr

@@ -1,6 +1,5 @@
 """The model against transformers' SqueezeBERT: parity, masks, gradients, export/import, FLOPs."""
 
-import os
 
 import pytest
 import torch
