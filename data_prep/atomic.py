@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import socket
 
 from .config import PrepError
 
@@ -35,7 +36,8 @@ def fsync_dir(path: str) -> None:
 
 
 def tmp_name(path: str) -> str:
-    return f"{path}.{os.getpid()}{TMP_SUFFIX}"
+    # host and pid: processes of several machines may write the same file of a shared filesystem
+    return f"{path}.{socket.gethostname()}-{os.getpid()}{TMP_SUFFIX}"
 
 
 def commit(tmp_path: str, final_path: str) -> None:

@@ -28,17 +28,23 @@ signal_ranks() {
     done
 }
 
-# The node's exit code from the launcher's code and rank 0's status file (launchers do not pass on
-# their ranks' exit codes faithfully: torchrun reports any failure as 1).
+# The node's exit code from the launcher's code and the status file that the node's first rank writes
+# once all ranks agree on the outcome (launchers do not pass on their ranks' exit codes faithfully:
+# torchrun reports any failure as 1, and a rank that crashes while exiting after a complete checkpoint
+# has lost nothing).
 exit_code_from_status() {
-    local launcher_code=$1 status_file=$2 state=""
+    local launcher_code=$1 status_file=$2 state="" code
     [[ -f "$status_file" ]] && read -r state _ < "$status_file"
     case "$state" in
-        complete) return 0 ;;
-        preempted) return "$EXIT_PREEMPTED" ;;
+        complete) code=0 ;;
+        preempted) code=$EXIT_PREEMPTED ;;
+        *) return "$launcher_code" ;;  # no outcome recorded: the run failed (or an old trainer ran)
     esac
-    if [[ "$launcher_code" -eq 0 ]]; then return 0; fi  # a node other than rank 0's: no status file here
-    return "$launcher_code"
+    if [[ "$launcher_code" -ne 0 && "$launcher_code" -ne "$code" ]]; then
+        echo "launch: the ranks recorded '$state' in $status_file but the launcher exited $launcher_code" \
+             "(a rank failed while exiting); the checkpoint is complete, so this counts as $code" >&2
+    fi
+    return "$code"
 }
 
 # What a batch job does after its nodes exit: done | requeue | fail.

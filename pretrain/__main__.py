@@ -46,7 +46,10 @@ def command_train(args: argparse.Namespace) -> int:
     from .trainer import Trainer
 
     config = load_config(args.config, args.set)
-    return Trainer(config).fit()
+    trainer = Trainer(config)
+    code = trainer.fit()
+    trainer.close()
+    return code
 
 
 def command_demo(args: argparse.Namespace) -> int:
@@ -69,6 +72,7 @@ def command_demo(args: argparse.Namespace) -> int:
     ])
     trainer = Trainer(config)
     code = trainer.fit()
+    trainer.close()
     if code:
         return code
     export_dir = os.path.join(args.out, "export")

@@ -215,8 +215,6 @@ class Trainer:
             self.state.phase_index += 1
             self.state.step_in_phase = 0
             self.state.consumed_samples = 0
-        if self.writer:
-            self.writer.close()
         fingerprint = self.parameter_fingerprint()
         self.log_line(f"training complete; parameters identical on all {self.world_size} ranks (sha256 {fingerprint})")
         self.write_status("complete")
@@ -239,10 +237,23 @@ class Trainer:
             raise RuntimeError(f"parameters differ between ranks: {everyone}")
         return mine
 
+    def close(self) -> None:
+        """The orderly end of a run that returned (complete or preempted): the event file is closed, then
+        every rank leaves the process group together. A rank that exits while a peer still holds its
+        connections can make that peer's collective library abort at exit (SIGABRT from gloo)."""
+        if self.writer:
+            self.writer.close()
+            self.writer = None
+        if dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+
     def write_status(self, state: str) -> None:
-        """For job scripts (launch/): PRETRAIN_STATUS_FILE gets `complete` or `preempted <step>`."""
+        """For job scripts (launch/): PRETRAIN_STATUS_FILE gets `complete` or `preempted <step>`, written by
+        the first rank of every node (the outcome is agreed by all ranks), so each node's script knows it
+        even when its launcher's exit code says otherwise."""
         path = os.environ.get("PRETRAIN_STATUS_FILE")
-        if path and self.rank == 0:
+        if path and os.environ.get("LOCAL_RANK", "0") == "0":
             from data_prep.atomic import atomic_write_bytes
 
             atomic_write_bytes(path, f"{state} {self.state.global_step}\n".encode())
