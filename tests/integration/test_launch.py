@@ -92,11 +92,25 @@ def test_restart_on_another_number_of_ranks(before, after, single, shard_root, t
     assert all(abs(got[step][-1] - expected[step][0]) < 1e-4 for step in range(1, 13))
 
 
-def test_killing_one_node_fails_the_other_and_a_relaunch_resumes(single, shard_root, tmp_path):
+def kill_tree(pid):
+    """SIGKILL a process and every descendant, as when a node dies (torchrun's agent starts its ranks in
+    their own sessions, so killing the process group would spare them)."""
+    import psutil
+
+    root = psutil.Process(pid)
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+@pytest.mark.parametrize("launcher", ["deepspeed", "torchrun"])
+def test_killing_one_node_fails_the_other_and_a_relaunch_resumes(launcher, single, shard_root, tmp_path):
     port = free_port()
 
     def start(rank, timeout_minutes, attempt):
-        env = node_env(LAUNCHER="deepspeed", NNODES=2, NODE_RANK=rank, GPUS_PER_NODE=1, MASTER_ADDR="127.0.0.1",
+        env = node_env(LAUNCHER=launcher, NNODES=2, NODE_RANK=rank, GPUS_PER_NODE=1, MASTER_ADDR="127.0.0.1",
                        MASTER_PORT=port, PRETRAIN_STATUS_FILE=tmp_path / f"status{rank}")
         args = set_args(shard_root, f"distributed_timeout_minutes={timeout_minutes}")
         with open(tmp_path / f"node{rank}-{attempt}.log", "w") as log:  # a file: a pipe nobody reads can fill up
@@ -109,7 +123,7 @@ def test_killing_one_node_fails_the_other_and_a_relaunch_resumes(single, shard_r
 
     nodes = [start(0, 0.5, "first"), start(1, 0.5, "first")]
     wait_for(tmp_path / "checkpoints" / "latest", nodes[0], timeout=240)
-    os.killpg(nodes[1].pid, signal.SIGKILL)  # the whole node: its script, launcher and rank
+    kill_tree(nodes[1].pid)  # the whole node: its script, launcher and rank
     started = time.monotonic()
     nodes[0].wait(timeout=240)  # bounded: the survivor must not hang
     assert nodes[0].returncode not in (0, 75), logs("first")
