@@ -282,8 +282,12 @@ class Trainer:
             step = self.state.step_in_phase
             lr = learning_rate(phase, step)
             set_learning_rate(self.optimizer, lr)
+            waited = time.perf_counter()
             micro_batches = [next(batches) for _ in range(accumulation)]
+            computed = time.perf_counter()
             metrics = self.train_step(micro_batches, phase, accumulation)
+            # Where a step's time goes: waiting on the loader (0 when it keeps ahead) and the step itself.
+            metrics.update(data_wait_s=computed - waited, compute_s=time.perf_counter() - computed)
             self.state.step_in_phase += 1
             self.state.global_step += 1
             self.state.consumed_samples += phase.global_batch

@@ -148,6 +148,10 @@ def test_schedule_read_back_from_tensorboard(reference):
     assert set(scalars(reference, "progress/phase")[12]) == {1.0}
     assert sorted(scalars(reference, "eval/mlm_loss")) == [4, 8, 12]  # the held-out evaluation
     assert all(0 < value < 1 for values in scalars(reference, "progress/mfu").values() for value in values)
+    # where each step's time went: the step itself, and the wait on the loader (not negative, not the step)
+    compute, wait = scalars(reference, "progress/compute_s"), scalars(reference, "progress/data_wait_s")
+    assert sorted(compute) == sorted(wait) == list(range(1, 13))
+    assert all(c[0] > 0 and 0 <= w[0] for c, w in zip(compute.values(), wait.values()))
 
 
 @pytest.mark.parametrize("override, fragment", [
