@@ -36,7 +36,8 @@ def main() -> None:
     run = lambda *a: subprocess.run([sys.executable, "-m", "data_prep", *a], cwd=ROOT, check=True,  # noqa: E731
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run("vocab", "--source", args.corpus, "--out", os.path.join(work, "vocab"))
-    run("shards", "--source", args.corpus, "--vocab", os.path.join(work, "vocab"), "--out", os.path.join(work, "shards"),
+    run("shards", "--source", args.corpus, "--vocab", os.path.join(work, "vocab"),
+        "--out", os.path.join(work, "shards"),
         "--quiet")
     rates = {}
     for seq_len, max_predictions in ((128, 20), (512, 80)):

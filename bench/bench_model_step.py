@@ -67,7 +67,8 @@ def build_transformers(config: ModelConfig, ours: SqueezeBertForPretraining | No
     hf_sop = nn.Linear(config.hidden_size, 2)
     if ours is not None:
         hf.load_state_dict({k: v for k, v in ours.state_dict().items() if not k.startswith("sop_")}, strict=False)
-        hf_sop.load_state_dict({"weight": ours.sop_classifier.weight.detach(), "bias": ours.sop_classifier.bias.detach()})
+        hf_sop.load_state_dict({"weight": ours.sop_classifier.weight.detach(),
+                                "bias": ours.sop_classifier.bias.detach()})
     return hf, hf_sop
 
 

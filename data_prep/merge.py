@@ -72,7 +72,8 @@ def merge_parts(part_dirs: list[str], out_dir: str) -> dict[int, dict]:
         os.makedirs(folder, exist_ok=True)
         for part_dir, manifest in zip(part_dirs, manifests):
             for shard in manifest["shards"]:
-                _link_or_copy(os.path.join(part_dir, f"seq{seq_len}", shard["file"]), os.path.join(folder, shard["file"]))
+                _link_or_copy(os.path.join(part_dir, f"seq{seq_len}", shard["file"]),
+                              os.path.join(folder, shard["file"]))
         config = {**first["config"], "part_index": 0, "part_count": 1}
         merged[seq_len] = build_manifest(seq_len, config, first["tokenizer"], records, (0, 1))
         write_manifest(folder, merged[seq_len])

@@ -98,7 +98,8 @@ def _exit_with_parent(parent_pid: int) -> None:
         time.sleep(1.0)
 
 
-def tokenize_unit(documents: list[Document], config: PrepConfig, tokenizer) -> tuple[np.ndarray, list[np.ndarray], Counter]:
+def tokenize_unit(documents: list[Document], config: PrepConfig,
+                  tokenizer) -> tuple[np.ndarray, list[np.ndarray], Counter]:
     """Token ids of the unit (one flat array) and, per document, its sentence offsets into it."""
     skips: Counter = Counter()
     sentences: list[str] = []
@@ -195,7 +196,8 @@ class OutputFolder:
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise PrepError(f"--out {out_dir}: another data_prep run is writing there; wait for it or choose another folder") from None
+            raise PrepError(f"--out {out_dir}: another data_prep run is writing there; "
+                            "wait for it or choose another folder") from None
         state = {"config": config.to_dict(), "tokenizer": tokenizer_info}
         state_path = os.path.join(out_dir, STATE_FILE)
         if os.path.exists(state_path):
@@ -258,7 +260,8 @@ def run_shards(config: PrepConfig, vocab_dir: str, out_dir: str, num_proc: int, 
         print(f"data_prep: resolved config {json.dumps(config.to_dict())} num_proc={num_proc}", file=sys.stderr)
     folders = {n: os.path.join(out_dir, f"seq{n}") for n in config.seq_lens}
     if all(os.path.isfile(os.path.join(f, MANIFEST_FILE)) for f in folders.values()) and not any(
-        os.listdir(os.path.join(f, PROGRESS_DIR)) for f in folders.values() if os.path.isdir(os.path.join(f, PROGRESS_DIR))
+        os.listdir(os.path.join(f, PROGRESS_DIR))
+        for f in folders.values() if os.path.isdir(os.path.join(f, PROGRESS_DIR))
     ):
         print(f"data_prep: {out_dir} is complete with these settings; nothing to do", file=sys.stderr)
         return {n: load_manifest(f) for n, f in folders.items()}
@@ -300,7 +303,8 @@ def run_shards(config: PrepConfig, vocab_dir: str, out_dir: str, num_proc: int, 
             if pool is None:
                 collect((unit_index, input_bytes, process_unit(unit_index, documents, unit_skips)))
                 continue
-            pending.append((unit_index, input_bytes, pool.apply_async(process_unit, (unit_index, documents, unit_skips))))
+            result = pool.apply_async(process_unit, (unit_index, documents, unit_skips))
+            pending.append((unit_index, input_bytes, result))
             del documents
             while len(pending) >= 2 * num_proc:
                 collect(pending.popleft())
@@ -356,7 +360,8 @@ class Progress:
             self.tokens += record["inputs"]["tokens"]
         self.resumed_units += resumed
         elapsed = max(time.monotonic() - self.start, 1e-9)
-        self.bar.set_postfix(docs_per_s=f"{self.documents / elapsed:,.0f}", tokens_per_s=f"{self.tokens / elapsed:,.0f}", refresh=False)
+        self.bar.set_postfix(docs_per_s=f"{self.documents / elapsed:,.0f}",
+                             tokens_per_s=f"{self.tokens / elapsed:,.0f}", refresh=False)
         self.bar.update(input_bytes)
 
     def close(self) -> None:
@@ -368,14 +373,16 @@ class Progress:
         elapsed = time.monotonic() - self.start
         first = next(iter(manifests.values()))
         lines = [
-            f"data_prep: {first['inputs'].get('documents', 0):,} documents, {first['inputs'].get('sentences', 0):,} sentences, "
+            f"data_prep: {first['inputs'].get('documents', 0):,} documents, "
+            f"{first['inputs'].get('sentences', 0):,} sentences, "
             f"{first['inputs'].get('tokens', 0):,} input tokens in {elapsed:,.1f} s "
             f"({self.tokens / max(elapsed, 1e-9):,.0f} tokens/s this run; {self.resumed_units} units kept from before)"
         ]
         for seq_len, manifest in manifests.items():
             totals = manifest["totals"]
             lines.append(
-                f"  seq{seq_len}: {totals['examples']:,} examples, {totals['tokens']:,} tokens in {totals['shards']} shards"
+                f"  seq{seq_len}: {totals['examples']:,} examples, {totals['tokens']:,} tokens "
+                f"in {totals['shards']} shards"
                 f" -> {os.path.join(out_dir, f'seq{seq_len}')}"
             )
         if first["skipped"]:

@@ -14,8 +14,8 @@ from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, process
 from tokenizers.models import WordPiece
 from tokenizers.trainers import WordPieceTrainer
 
-from .config import SPECIAL_TOKENS, PrepError
 from .atomic import atomic_write_bytes
+from .config import SPECIAL_TOKENS, PrepError
 
 TOKENIZER_FILE = "tokenizer.json"
 VOCAB_FILE = "vocab.txt"

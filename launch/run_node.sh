@@ -13,7 +13,7 @@
 #   GPUS_PER_NODE  ranks on this node (every GPU; on a machine without GPUs, 1 CPU rank)
 #   MASTER_ADDR    node 0's address (127.0.0.1) MASTER_PORT   a free TCP port on it (29500)
 #   HOSTFILE       the `deepspeed --hostfile` of the nodes (made here for the no-ssh form if unset)
-#   PRETRAIN_STATUS_FILE  where rank 0 writes `complete` / `preempted <step>` (made here if unset)
+#   PRETRAIN_STATUS_FILE  where this node's first rank writes `complete <step>` / `preempted <step>` (made here if unset)
 set -uo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$here/lib.sh"

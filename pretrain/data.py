@@ -83,7 +83,8 @@ class ShardSet:
         chunk = int(np.searchsorted(self._ends, index, side="right"))
         row = index - (int(self._ends[chunk - 1]) if chunk else 0)
         offsets = self._offsets[chunk]
-        return self._values[chunk][offsets[row] : offsets[row + 1]], int(self._a_lengths[chunk][row]), int(self._labels[chunk][row])
+        tokens = self._values[chunk][offsets[row] : offsets[row + 1]]
+        return tokens, int(self._a_lengths[chunk][row]), int(self._labels[chunk][row])
 
 
 class SampleOrder:

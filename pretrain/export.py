@@ -150,11 +150,13 @@ def import_transformers(folder: str) -> tuple[SqueezeBertForPretraining, list[st
     usable = {k: v for k, v in weights.items() if k in expected}
     for key, tensor in usable.items():
         if tensor.shape != expected[key].shape:
-            raise ExportError(f"{folder}: {key} has shape {tuple(tensor.shape)}, the config implies {tuple(expected[key].shape)}")
+            raise ExportError(f"{folder}: {key} has shape {tuple(tensor.shape)}, "
+                              f"the config implies {tuple(expected[key].shape)}")
     missing = sorted(set(expected) - set(usable))
     required_missing = [k for k in missing if k.startswith("transformer.")]
     if required_missing:
-        raise ExportError(f"{folder}: encoder weights missing: {required_missing[:5]}{'...' if len(required_missing) > 5 else ''}")
+        more = "..." if len(required_missing) > 5 else ""
+        raise ExportError(f"{folder}: encoder weights missing: {required_missing[:5]}{more}")
     model.load_state_dict(usable, strict=False)
     return model, missing
 

@@ -99,7 +99,8 @@ class SqueezeBertForPretraining(nn.Module):
             mlm_loss = mlm_logits.sum() * 0.0
         sop_loss = F.cross_entropy(sop_logits.float(), sop_labels)
         with torch.no_grad():
-            mlm_accuracy = (mlm_logits.argmax(-1) == masked_labels).float().mean() if num_masked else mlm_loss.new_zeros(())
+            mlm_accuracy = ((mlm_logits.argmax(-1) == masked_labels).float().mean() if num_masked
+                            else mlm_loss.new_zeros(()))
             sop_accuracy = (sop_logits.argmax(-1) == sop_labels).float().mean()
         return PretrainingOutput(
             loss=mlm_loss + sop_loss, mlm_loss=mlm_loss, sop_loss=sop_loss, mlm_accuracy=mlm_accuracy,

@@ -57,11 +57,14 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads:
             raise ConfigError(
-                f"model.hidden_size {self.hidden_size} is not a multiple of num_attention_heads {self.num_attention_heads}"
+                f"model.hidden_size {self.hidden_size} is not a multiple of "
+                f"num_attention_heads {self.num_attention_heads}"
             )
-        for name in ("q_groups", "k_groups", "v_groups", "post_attention_groups", "intermediate_groups", "output_groups"):
+        for name in ("q_groups", "k_groups", "v_groups", "post_attention_groups", "intermediate_groups",
+                     "output_groups"):
             groups = getattr(self, name)
-            channels = [self.hidden_size] + ([self.intermediate_size] if name in ("intermediate_groups", "output_groups") else [])
+            wide = name in ("intermediate_groups", "output_groups")
+            channels = [self.hidden_size] + ([self.intermediate_size] if wide else [])
             if groups < 1 or any(c % groups for c in channels):
                 raise ConfigError(f"model.{name} {groups} must divide the channels {channels}")
         if self.hidden_act != "gelu":
@@ -231,7 +234,8 @@ class Embeddings(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor) -> torch.Tensor:
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
-        summed = self.word_embeddings(input_ids) + self.position_embeddings(positions) + self.token_type_embeddings(token_type_ids)
+        summed = (self.word_embeddings(input_ids) + self.position_embeddings(positions)
+                  + self.token_type_embeddings(token_type_ids))
         return self.dropout(self.LayerNorm(summed))
 
 

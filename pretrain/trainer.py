@@ -126,7 +126,8 @@ def open_phase_data(config: RunConfig, model_config: ModelConfig) -> list[Batche
     return batchers
 
 
-def step_losses(output, batch_size: int, global_masked: int, global_batch: int, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def step_losses(output, batch_size: int, global_masked: int, global_batch: int,
+                scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The micro-batch's share of the step's loss, and its MLM and SOP cross-entropy sums."""
     mlm_sum = output.mlm_loss * output.num_masked  # the heads' mean times its count: no second cross-entropy
     sop_sum = output.sop_loss * batch_size
@@ -303,7 +304,8 @@ class Trainer:
             if config.logging.eval_every_steps and self.state.global_step % config.logging.eval_every_steps == 0:
                 self.evaluate(batcher, phase)
             self.steps_this_run += 1
-            budget_spent = bool(self.config.max_steps_this_run) and self.steps_this_run >= self.config.max_steps_this_run
+            budget = self.config.max_steps_this_run
+            budget_spent = bool(budget) and self.steps_this_run >= budget
             stop = self.preemption.agreed() or (budget_spent and self.state.step_in_phase < phase.steps)
             if stop or self.should_save(phase):
                 self.save()

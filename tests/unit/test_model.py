@@ -7,7 +7,13 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import SqueezeBertConfig, SqueezeBertForMaskedLM, SqueezeBertForSequenceClassification
 
-from pretrain.export import export_headless, import_transformers, load_model_folder, save_model_folder, transformers_config
+from pretrain.export import (
+    export_headless,
+    import_transformers,
+    load_model_folder,
+    save_model_folder,
+    transformers_config,
+)
 from pretrain.heads import SqueezeBertForPretraining
 from pretrain.model import ModelConfig, count_parameters, flops_per_token
 
@@ -129,7 +135,8 @@ def test_export_round_trip_and_tied_weights(pair, tmp_path):
     classifier, info = SqueezeBertForSequenceClassification.from_pretrained(str(export), output_loading_info=True)
     assert sorted(info["missing_keys"]) == ["classifier.bias", "classifier.weight"]
     masked_lm, info = SqueezeBertForMaskedLM.from_pretrained(str(export), output_loading_info=True)
-    assert info["missing_keys"] == [] or set(info["missing_keys"]) <= {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
+    tied = {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
+    assert info["missing_keys"] == [] or set(info["missing_keys"]) <= tied
     masked_lm.eval()
     assert masked_lm.get_output_embeddings().weight.data_ptr() == masked_lm.get_input_embeddings().weight.data_ptr()
     with torch.no_grad():
@@ -142,7 +149,8 @@ def test_export_round_trip_and_tied_weights(pair, tmp_path):
     assert (encoder[real] - hidden[real]).abs().max() <= 1e-5
     assert (theirs.logits[mlm_labels != -100] - mine.mlm_logits).abs().max() <= 1e-5
     reimported, _ = import_transformers(str(export))
-    assert reimported.cls.predictions.word_embeddings[0].weight is reimported.transformer.embeddings.word_embeddings.weight
+    embeddings = reimported.transformer.embeddings.word_embeddings
+    assert reimported.cls.predictions.word_embeddings[0].weight is embeddings.weight
     for key, value in ours.state_dict().items():
         if not key.startswith("sop_classifier."):
             assert torch.equal(value, reimported.state_dict()[key]), key
