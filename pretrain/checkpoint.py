@@ -9,13 +9,21 @@ Layout under `checkpoint.dir`:
 Every rank writes its DeepSpeed files into the temporary folder; after a barrier rank 0 renames the folder
 to its final name (an atomic rename on a shared filesystem), then rewrites `latest`, then deletes the
 oldest checkpoints beyond `keep`. A crash at any point leaves the previous checkpoint complete and chosen.
+
+Each rank also stores its random generators (torch, CUDA, numpy, Python) in `state/rng-rankNNNNN.pt` and
+gets them back on resume. The trainer itself needs none of them (masks are a function of the sample index
+and dropout is reseeded every step, so that a different world size sees the same randomness); they are
+kept so that any code drawing from the global generators resumes where it stopped too.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import shutil
 
+import numpy as np
+import torch
 import torch.distributed as dist
 
 from data_prep.atomic import atomic_write_bytes, fsync_dir
@@ -27,6 +35,25 @@ PREFIX = "step-"
 
 def checkpoint_name(global_step: int) -> str:
     return f"{PREFIX}{global_step:08d}"
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def rng_file(path: str, rank: int) -> str:
+    return os.path.join(path, TAG, f"rng-rank{rank:05d}.pt")
 
 
 class Checkpointer:
@@ -70,6 +97,8 @@ class Checkpointer:
         if dist.is_initialized():
             dist.barrier()
         engine.save_checkpoint(tmp, tag=TAG, client_state=client_state, save_latest=False)
+        os.makedirs(os.path.join(tmp, TAG), exist_ok=True)
+        torch.save(rng_state(), rng_file(tmp, self.rank))
         if dist.is_initialized():
             dist.barrier()
         if self.rank == 0:
@@ -91,7 +120,8 @@ class Checkpointer:
             dist.barrier()
         return final
 
-    @staticmethod
-    def load(engine, path: str) -> dict:
+    def load(self, engine, path: str) -> dict:
         _, client_state = engine.load_checkpoint(path, tag=TAG)
+        if os.path.isfile(rng_file(path, self.rank)):  # a rank the saving run did not have keeps its seed
+            set_rng_state(torch.load(rng_file(path, self.rank), weights_only=False))
         return client_state

@@ -185,7 +185,7 @@ class Trainer:
         path = self.checkpointer.latest()
         if path is None:
             return
-        client = Checkpointer.load(self.engine, path)
+        client = self.checkpointer.load(self.engine, path)
         self.state.load_state_dict(client["trainer"])
         if client["shards"][: len(self.batchers)] != [b.shards.fingerprint for b in self.batchers]:
             raise RunConfigError(f"{path}: was trained on other shards than the config names; "

@@ -130,6 +130,8 @@ def test_two_ranks_under_the_deepspeed_launcher_match_one_process(shard_root, tm
     losses_one, losses_two = scalars(str(single), "train/loss"), scalars(str(double), "train/loss")
     assert all(abs(losses_one[s][0] - losses_two[s][0]) < 1e-4 for s in losses_one)
     assert scalars(str(double), "progress/accumulation")[1] == [2.0]  # 16 / (4 x 2 ranks)
+    state = double / "checkpoints" / "step-00000012" / "state"
+    assert sorted(p.name for p in state.glob("rng-rank*.pt")) == ["rng-rank00000.pt", "rng-rank00001.pt"]
 
 
 def test_schedule_read_back_from_tensorboard(reference):
