@@ -337,7 +337,10 @@ class Trainer:
         for micro_step, batch in enumerate(micro_batches):
             # The boundary is stated, not counted, so a resume or a phase change can never misalign it.
             self.engine.set_gradient_accumulation_boundary(micro_step == accumulation - 1)
-            torch.manual_seed(hash((self.config.seed, self.state.global_step, micro_step, self.rank)) % (2**63))
+            # Dropout is seeded by the micro-batch's place in the global batch, not by (rank, micro-step):
+            # the same examples get the same dropout on any number of ranks (same micro-batch size).
+            place = micro_step * self.world_size + self.rank  # see data.rank_slice
+            torch.manual_seed(hash((self.config.seed, self.state.global_step, place)) % (2**63))
             batch = {k: v.to(self.device) for k, v in batch.items()}
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16 and self.device.type == "cpu"):
                 output = self.engine(**batch)

@@ -12,14 +12,14 @@ import time
 import pytest
 
 from tests.conftest import ROOT
-from tests.integration.test_trainer import NO_DROPOUT, final_parameters, run, scalars, train_command, wait_for
+from tests.integration.test_trainer import final_parameters, run, scalars, train_command, wait_for
 
 LAUNCH = os.path.join(ROOT, "launch")
 CONFIG = os.path.join(ROOT, "configs", "tiny.toml")
 
 
 def set_args(shard_root, *overrides):
-    return train_command(shard_root, *NO_DROPOUT, *overrides)[train_command(shard_root).index("--config") + 2 :]
+    return train_command(shard_root, *overrides)[train_command(shard_root).index("--config") + 2 :]
 
 
 def node_env(**values):
@@ -34,9 +34,10 @@ def free_port():
 
 @pytest.fixture(scope="module")
 def single(shard_root, tmp_path_factory):
-    """One plain process, no dropout: what every launch form must reproduce."""
+    """One plain process, dropout on: what every launch form must reproduce (dropout follows the micro-batch's
+    place in the global batch, not the rank)."""
     workdir = tmp_path_factory.mktemp("single")
-    run(train_command(shard_root, *NO_DROPOUT), workdir)
+    run(train_command(shard_root), workdir)
     return str(workdir)
 
 
