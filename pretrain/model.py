@@ -138,6 +138,8 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Inverted dropout (keep with probability 1 - p, scale by 1 / (1 - p)), as `F.dropout`."""
     if not training or p == 0.0:
         return x
+    if x.device.type != "cpu":  # accelerators have a fused dropout kernel
+        return F.dropout(x, p, True)
     return x.mul(dropout_keep_mask(x.shape, p, x.device)).mul_(1.0 / (1.0 - p))
 
 
