@@ -1,6 +1,8 @@
 """`python -m pretrain {train,export,demo}`: the pretraining command line.
 
-Bad input ends with one line `pretrain: error: ...` naming the file or flag, and exit status 2.
+Bad input ends with one line `pretrain: error: ...` naming the file or flag, and exit status 2. A rank that
+loses contact with another (a node died, the network failed, a collective timed out) ends with one line
+saying so and exit status 1: the last complete checkpoint stands, and relaunching every node resumes.
 """
 
 from __future__ import annotations
@@ -9,6 +11,15 @@ import argparse
 import sys
 
 EXIT_BAD_INPUT = 2
+EXIT_FAILED = 1
+
+
+def lost_a_peer(error: BaseException) -> bool:
+    """An error of the collective layer: torch's distributed errors, or gloo's (plain RuntimeErrors)."""
+    import torch.distributed as dist
+
+    return isinstance(error, dist.DistError) or (
+        isinstance(error, RuntimeError) and dist.is_initialized() and "gloo" in str(error))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -100,6 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{error.filename}: " if error.filename else ""
         print(f"pretrain: error: {where}{error.strerror or error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RuntimeError as error:
+        if not lost_a_peer(error):
+            raise
+        cause = " ".join(str(error).split()).split(". ")[0][:200]  # its first sentence
+        print(f"pretrain: error: lost contact with another rank ({cause}); the last complete checkpoint is "
+              "kept: relaunch every node with the same command to resume from it", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

@@ -128,6 +128,10 @@ def test_killing_one_node_fails_the_other_and_a_relaunch_resumes(launcher, singl
     started = time.monotonic()
     nodes[0].wait(timeout=240)  # bounded: the survivor must not hang
     assert nodes[0].returncode not in (0, 75), logs("first")
+    survivor = (tmp_path / "node0-first.log").read_text()
+    # the rank says it in one line, without a traceback (torchrun's agent prints its own, about the child)
+    assert "pretrain: error: lost contact with another rank" in survivor, logs("first")
+    assert "pretrain/__main__.py" not in survivor, logs("first")
     assert time.monotonic() - started < 200
     nodes[1].wait()
     port += 1
