@@ -164,6 +164,31 @@ def test_slurm_environment_is_derived_from_slurm_variables(tmp_path):
     assert outside.returncode != 0 and "not inside a SLURM job" in outside.stderr
 
 
+def test_slurm_chain_submits_dependent_jobs(tmp_path):
+    """`sbatch` here records its arguments (no SLURM on this machine); the chain script is the real one."""
+    sbatch = tmp_path / "sbatch"
+    sbatch.write_text('#!/bin/bash\ncalls="$(dirname "$0")/calls"\necho "$*" >> "$calls"\n'
+                      'echo $((100 + $(wc -l < "$calls")))\n')  # the job id, as --parsable prints it
+    sbatch.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    for args in ([], ["--set", "seed=7", "--", "--nodes", "4", "--time", "12:00:00"]):
+        (tmp_path / "calls").unlink(missing_ok=True)
+        result = subprocess.run(["bash", os.path.join(LAUNCH, "slurm_chain.sh"), "3", "configs/x.toml", *args],
+                                env=env, capture_output=True, text=True, cwd=ROOT)
+        assert result.returncode == 0, result.stderr
+        calls = (tmp_path / "calls").read_text().splitlines()
+        assert len(calls) == 3
+        assert "--dependency" not in calls[0]
+        assert "--dependency=afterany:101" in calls[1] and "--dependency=afterany:102" in calls[2]
+        for call in calls:
+            assert "--no-requeue" in call and "NO_REQUEUE=1" in call and "MAX_RESTARTS=0" in call
+            options, script_args = call.split(" launch/slurm_pretrain.sbatch ")
+            if args:  # sbatch options before the script, overrides after it
+                assert "--nodes 4 --time 12:00:00" in options and script_args == "configs/x.toml --set seed=7"
+            else:
+                assert script_args == "configs/x.toml"
+
+
 @pytest.mark.parametrize("code, restarts, decision", [
     (0, 0, "done"), (75, 0, "requeue"), (75, 99, "requeue"), (1, 0, "requeue"), (137, 2, "requeue"), (1, 3, "fail"),
 ])
