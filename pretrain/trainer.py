@@ -279,6 +279,7 @@ class Trainer:
         batches = iter(loader)
         flops_token = flops_per_token(self.model.config, batcher.shards.seq_len, phase.max_predictions)
         start_time, start_step = time.monotonic(), self.state.step_in_phase
+        budget = config.max_steps_this_run
         while self.state.step_in_phase < phase.steps:
             step = self.state.step_in_phase
             lr = learning_rate(phase, step)
@@ -304,7 +305,6 @@ class Trainer:
             if config.logging.eval_every_steps and self.state.global_step % config.logging.eval_every_steps == 0:
                 self.evaluate(batcher, phase)
             self.steps_this_run += 1
-            budget = self.config.max_steps_this_run
             budget_spent = bool(budget) and self.steps_this_run >= budget
             stop = self.preemption.agreed() or (budget_spent and self.state.step_in_phase < phase.steps)
             if stop or self.should_save(phase):
@@ -321,7 +321,9 @@ class Trainer:
             return True
         if every.every_steps and self.state.global_step % every.every_steps == 0:
             return True
-        due = every.every_minutes and time.monotonic() - self.last_save_time >= every.every_minutes * 60
+        if not every.every_minutes:  # the same config on every rank: no collective needed to agree on this
+            return False
+        due = time.monotonic() - self.last_save_time >= every.every_minutes * 60
         flag = torch.tensor([1 if due else 0])  # wall clocks differ: rank 0's decides for everyone
         if dist.is_initialized():
             dist.broadcast(flag, src=0)
