@@ -2,7 +2,9 @@
 
 Bad input ends with one line `pretrain: error: ...` naming the file or flag, and exit status 2. A rank that
 loses contact with another (a node died, the network failed, a collective timed out) ends with one line
-saying so and exit status 1: the last complete checkpoint stands, and relaunching every node resumes.
+saying so and exit status 1: the last complete checkpoint stands, and relaunching every node resumes. A run
+whose loss or gradients stay non-finite (`optimizer.max_consecutive_skips` steps in a row) ends with one
+line naming the step and exit status 1, its last complete checkpoint kept.
 """
 
 from __future__ import annotations
@@ -15,11 +17,19 @@ EXIT_FAILED = 1
 
 
 def lost_a_peer(error: BaseException) -> bool:
-    """An error of the collective layer: torch's distributed errors, or gloo's (plain RuntimeErrors)."""
+    """An error of the collective layer: torch's distributed errors (NCCL's arrive as `DistBackendError`), or
+    gloo's and NCCL's that surface as plain RuntimeErrors."""
     import torch.distributed as dist
 
+    text = str(error).lower()
     return isinstance(error, dist.DistError) or (
-        isinstance(error, RuntimeError) and dist.is_initialized() and "gloo" in str(error))
+        isinstance(error, RuntimeError) and dist.is_initialized() and ("gloo" in text or "nccl" in text))
+
+
+def lost_peer_message(error: BaseException) -> str:
+    cause = " ".join(str(error).split()).split(". ")[0][:200]  # its first sentence, on one line
+    return (f"pretrain: error: lost contact with another rank ({cause}); the last complete checkpoint is kept: "
+            "relaunch every node with the same command to resume from it")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,14 +109,19 @@ def main(argv: list[str] | None = None) -> int:
     from .data import DataError
     from .export import ExportError
     from .model import ConfigError
+    from .precision import PrecisionError
+    from .trainer import TrainingDiverged
 
     args = build_parser().parse_args(argv)
     try:
         handlers = {"export": command_export, "train": command_train, "demo": command_demo}
         return handlers[args.command](args) or 0
-    except (ExportError, ConfigError, RunConfigError, DataError) as error:
+    except (ExportError, ConfigError, RunConfigError, DataError, PrecisionError) as error:
         print(f"pretrain: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except TrainingDiverged as error:
+        print(f"pretrain: error: {error}", file=sys.stderr)
+        return EXIT_FAILED
     except OSError as error:
         where = f"{error.filename}: " if error.filename else ""
         print(f"pretrain: error: {where}{error.strerror or error}", file=sys.stderr)
@@ -114,9 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as error:
         if not lost_a_peer(error):
             raise
-        cause = " ".join(str(error).split()).split(". ")[0][:200]  # its first sentence
-        print(f"pretrain: error: lost contact with another rank ({cause}); the last complete checkpoint is "
-              "kept: relaunch every node with the same command to resume from it", file=sys.stderr)
+        print(lost_peer_message(error), file=sys.stderr)
         return EXIT_FAILED
 
 

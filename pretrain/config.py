@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import typing
 from dataclasses import dataclass, field
 
 if sys.version_info >= (3, 11):
@@ -66,20 +67,32 @@ class PhaseConfig:
 
 @dataclass
 class OptimizerConfig:
-    """LAMB (torch-optimizer's) with BERT's weight decay rule."""
+    """LAMB with BERT's weight decay rule (see `pretrain.optim`)."""
 
+    implementation: str = "reference"
+    """reference: LAMB as apex FusedLAMB / TF-Addons define it | torch-optimizer: its `Lamb` (for comparison)."""
     weight_decay: float = 0.01
     """Applied to every weight except biases and LayerNorm parameters."""
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-6
     gradient_clipping: float = 1.0
-    """Global-norm clipping before the LAMB step (0 = off); NVIDIA's LAMB BERT recipe clips at 1.0."""
+    """Global-norm clipping before the LAMB update (0 = off); NVIDIA's LAMB BERT recipe clips at 1.0."""
+    max_consecutive_skips: int = 10
+    """A step whose loss or gradient is not finite is skipped (no update); this many in a row stop the run."""
+    initial_loss_scale: float = 2.0**16
+    """fp16 only: the first dynamic loss scale (halved at each overflow, never below 1)."""
+    loss_scale_growth_interval: int = 1000
+    """fp16 only: the loss scale doubles after this many steps without overflow."""
     zero_stage: int = 0
     """Must stay 0: DeepSpeed's ZeRO 1/2 flatten each parameter group into one tensor, so LAMB would compute
     one trust ratio per group instead of per layer and silently train a different optimizer."""
 
     def validate(self) -> None:
+        from .optim import IMPLEMENTATIONS
+
+        if self.implementation not in IMPLEMENTATIONS:
+            raise RunConfigError(f"optimizer.implementation = {self.implementation!r}: choose one of {IMPLEMENTATIONS}")
         if self.zero_stage != 0:
             raise RunConfigError(
                 f"optimizer.zero_stage = {self.zero_stage}: LAMB needs ZeRO stage 0 (stages 1-2 flatten parameter "
@@ -89,6 +102,10 @@ class OptimizerConfig:
             raise RunConfigError("optimizer.beta1 / beta2: must be within [0, 1)")
         if self.weight_decay < 0 or self.eps <= 0 or self.gradient_clipping < 0:
             raise RunConfigError("optimizer: weight_decay and gradient_clipping must be >= 0, eps > 0")
+        if self.max_consecutive_skips < 1:
+            raise RunConfigError(f"optimizer.max_consecutive_skips = {self.max_consecutive_skips}: must be at least 1")
+        if self.initial_loss_scale < 1 or self.loss_scale_growth_interval < 1:
+            raise RunConfigError("optimizer.initial_loss_scale and loss_scale_growth_interval: must be at least 1")
 
 
 @dataclass
@@ -139,7 +156,8 @@ class RunConfig:
     seed: int = 42
     """Seeds the initialization, the epoch order, the masks and dropout."""
     precision: str = "auto"
-    """auto (bf16 where the GPU supports it, else fp32) | fp32 | bf16."""
+    """auto | fp32 | bf16 | fp16. auto: bf16 on GPUs with native bf16, fp16 with loss scaling on other GPUs,
+    fp32 on CPUs. Weights, gradients and LAMB's state are fp32 in every mode (see `pretrain.precision`)."""
     max_steps_this_run: int = 0
     """Stop (save, exit 75 as on preemption) after this many optimizer steps in this invocation (0 = no
     limit): fixed slices of a schedule for clusters that run chains of short jobs."""
@@ -160,8 +178,8 @@ class RunConfig:
             phase.validate(f"phases.{index}")
         if self.max_steps_this_run < 0 or self.distributed_timeout_minutes <= 0:
             raise RunConfigError("max_steps_this_run must be >= 0 and distributed_timeout_minutes > 0")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise RunConfigError(f"precision = {self.precision!r}: choose auto, fp32 or bf16")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise RunConfigError(f"precision = {self.precision!r}: choose auto, fp32, bf16 or fp16")
         self.optimizer.validate()
         self.checkpoint.validate()
         self.logging.validate()
@@ -181,23 +199,41 @@ def gradient_accumulation(phase: PhaseConfig, world_size: int, where: str = "pha
     return phase.global_batch // per_step
 
 
-def _build(cls, values: dict, where: str):
-    """A dataclass from a dict, rejecting unknown keys by name."""
+NESTED = {"optimizer": OptimizerConfig, "checkpoint": CheckpointConfig, "logging": LoggingConfig}
+TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table"}
+
+
+def _typed(value, expected: type, key: str):
+    """The value as its field's type, or a one-line error naming the key. Checked by hand rather than with
+    pydantic: five scalar types and TOML's own parsing leave nothing for a schema library to add."""
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)  # TOML writes 1 for 1.0
+    if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
+        return value
+    raise RunConfigError(f"{key} = {value!r}: expected {TYPE_NAMES[expected]}")
+
+
+def _build(cls, values: dict, prefix: str, source: str):
+    """A dataclass from a dict: unknown keys and values of the wrong type are errors naming the key."""
+    where = prefix.rstrip(".") or source
+    if not isinstance(values, dict):
+        raise RunConfigError(f"{where}: expected a table, got {values!r}")
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise RunConfigError(f"{where}: unknown keys {unknown}; known: {sorted(known)}")
+    types = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in values.items():
+        key = f"{prefix}{name}"
         if name == "phases":
             if not isinstance(value, list):
-                raise RunConfigError(f"{where}.phases: expected a list of tables")
-            kwargs[name] = [_build(PhaseConfig, v, f"{where}.phases.{i}") for i, v in enumerate(value)]
-        elif name in ("optimizer", "checkpoint", "logging"):
-            nested = {"optimizer": OptimizerConfig, "checkpoint": CheckpointConfig, "logging": LoggingConfig}[name]
-            kwargs[name] = _build(nested, value, f"{where}.{name}")
+                raise RunConfigError(f"{key}: expected a list of [[phases]] tables")
+            kwargs[name] = [_build(PhaseConfig, v, f"{key}.{i}.", source) for i, v in enumerate(value)]
+        elif name in NESTED:
+            kwargs[name] = _build(NESTED[name], value, f"{key}.", source)
         else:
-            kwargs[name] = value
+            kwargs[name] = _typed(value, types[name], key)
     return cls(**kwargs)
 
 
@@ -223,6 +259,8 @@ def apply_override(values: dict, assignment: str) -> None:
             target = target[int(key)]
         else:
             target = target.setdefault(key, {})
+            if not isinstance(target, (dict, list)):
+                raise RunConfigError(f"--set {path}: {'.'.join(keys[:depth + 1])} is not a table")
     last = keys[-1]
     if isinstance(target, list):
         if not last.isdigit() or int(last) >= len(target):
@@ -244,23 +282,24 @@ def load_config(path: str | None, overrides: list[str] = ()) -> RunConfig:
             raise RunConfigError(f"--config {path}: not valid TOML ({error})") from None
     for assignment in overrides:
         apply_override(values, assignment)
-    try:
-        config = _build(RunConfig, values, path or "config")
-    except TypeError as error:
-        raise RunConfigError(f"{path or 'config'}: {error}") from None
+    config = _build(RunConfig, values, "", path or "config")
     config.validate()
     return config
 
 
-def deepspeed_config(phase: PhaseConfig, world_size: int, optimizer: OptimizerConfig, bf16: bool) -> dict:
-    """The DeepSpeed JSON, derived (never maintained beside the run config)."""
+def deepspeed_config(phase: PhaseConfig, world_size: int, optimizer: OptimizerConfig) -> dict:
+    """The DeepSpeed JSON, derived (never maintained beside the run config).
+
+    DeepSpeed runs in fp32 (mixed precision is autocast, `pretrain.precision`) and does not clip: LAMB
+    clips by the global norm it computes anyway (`pretrain.optim`), so the norm is computed once."""
     return {
         "train_batch_size": phase.global_batch,
         "train_micro_batch_size_per_gpu": phase.micro_batch,
         "gradient_accumulation_steps": gradient_accumulation(phase, world_size, f"phase {phase.name}"),
-        "gradient_clipping": optimizer.gradient_clipping,
+        "gradient_clipping": 0.0,
         "zero_optimization": {"stage": optimizer.zero_stage},
-        "bf16": {"enabled": bf16},
+        "bf16": {"enabled": False},
+        "fp16": {"enabled": False},
         "steps_per_print": 10**9,  # the trainer logs; DeepSpeed's own prints would interleave
         "wall_clock_breakdown": False,
     }

@@ -194,6 +194,8 @@ class Batcher:
             "token_type_ids": torch.from_numpy(token_type_ids.astype(np.int64)),
             "mlm_labels": torch.from_numpy(mlm_labels),
             "sop_labels": torch.from_numpy(sop_labels),
+            # flat indices of the masked tokens: their count is then known without asking the device
+            "mlm_positions": torch.from_numpy(np.flatnonzero(mlm_labels != IGNORE_INDEX)),
         }
 
     def mask(self, input_ids: np.ndarray, attention_mask: np.ndarray, epochs: np.ndarray,

@@ -74,10 +74,14 @@ class SqueezeBertForPretraining(nn.Module):
         self.sop_classifier = nn.Linear(config.hidden_size, 2)
         init_weights(self, config.initializer_range)
 
-    def mlm_logits_at(self, hidden: torch.Tensor, mlm_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits and labels at the masked positions only."""
+    def mlm_logits_at(self, hidden: torch.Tensor, mlm_labels: torch.Tensor,
+                      positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits and labels at the masked positions only. `positions` (flat indices into [N * W]) come with
+        the trainer's batches: finding them here (`nonzero`) would make the host wait for the device at
+        every micro-step, to learn how many there are."""
         flat_labels = mlm_labels.reshape(-1)
-        positions = (flat_labels != IGNORE_INDEX).nonzero().squeeze(1)
+        if positions is None:
+            positions = (flat_labels != IGNORE_INDEX).nonzero().squeeze(1)
         masked_hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, positions)
         return self.cls.predictions(masked_hidden), flat_labels.index_select(0, positions)
 
@@ -88,9 +92,10 @@ class SqueezeBertForPretraining(nn.Module):
         token_type_ids: torch.Tensor,
         mlm_labels: torch.Tensor,  # [N, W], the original id at masked positions, -100 elsewhere
         sop_labels: torch.Tensor,  # [N], 1 = segments swapped
+        mlm_positions: torch.Tensor | None = None,  # [masked tokens], flat indices of the masked positions
     ) -> PretrainingOutput:
         hidden, pooled = self.transformer(input_ids, attention_mask, token_type_ids)
-        mlm_logits, masked_labels = self.mlm_logits_at(hidden, mlm_labels)
+        mlm_logits, masked_labels = self.mlm_logits_at(hidden, mlm_labels, mlm_positions)
         sop_logits = self.sop_classifier(pooled)
         num_masked = masked_labels.numel()
         if num_masked:

@@ -129,7 +129,7 @@ def dropout_keep_mask(shape: torch.Size, p: float, device: torch.device) -> torc
     if device.type != "cpu":
         return torch.rand(shape, device=device) >= p
     count = math.prod(shape)
-    words = torch.empty((count + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
+    words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)
     lanes = words.view(torch.int16)[:count].view(shape)
     return lanes >= round(p * 65536) - 32768
 
@@ -306,15 +306,18 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in module.parameters()}.values())
 
 
-def flops_per_token(config: ModelConfig, seq_len: int, masked_per_sequence: float, training: bool = True) -> float:
-    """Matmul FLOPs per input token of one pretraining step (2 FLOPs per multiply-add).
+def step_flops(config: ModelConfig, tokens: float, squared_lengths: float, sequences: float, masked: float,
+               training: bool = True) -> float:
+    """Matmul FLOPs (2 per multiply-add) of a batch, from what it really holds.
 
-    Per layer and token, forward: every grouped pointwise layer costs 2 * c_in * c_out / groups (q, k, v,
-    post-attention, intermediate, output), attention scores and their weighted sum 2 * 2 * W * C. Per
-    sequence: the pooler 2C^2 and the SOP classifier 2 * 2C, shared by its W tokens. Per masked token: the
-    MLM transform 2C^2 and the tied decoder 2CV (logits are computed at masked positions only). Training
-    is 3x forward (backward computes the gradients of both matmul operands). Embedding lookups,
-    LayerNorm, GELU and softmax are not matmuls and are left out, as `FlopCounterMode` leaves them out.
+    `tokens` is the sum of the sequences' real lengths, `squared_lengths` the sum of their squares,
+    `sequences` their number, `masked` the masked tokens. Per layer and token, forward: every grouped
+    pointwise layer costs 2 * c_in * c_out / groups (q, k, v, post-attention, intermediate, output); per layer
+    and sequence of length L, attention scores and their weighted sum cost 2 * 2 * L^2 * C. Per sequence: the
+    pooler 2C^2 and the SOP classifier 2 * 2C. Per masked token: the MLM transform 2C^2 and the tied
+    decoder 2CV (logits are computed at masked positions only). Training is 3x forward (backward computes
+    the gradients of both matmul operands). Padding is left out (it is work, not the model's), and so are
+    embedding lookups, LayerNorm, GELU and softmax, as `FlopCounterMode` leaves them out.
     """
     c, inner = config.hidden_size, config.intermediate_size
     pointwise = 2 * (
@@ -322,14 +325,18 @@ def flops_per_token(config: ModelConfig, seq_len: int, masked_per_sequence: floa
         + c * c / config.post_attention_groups + c * inner / config.intermediate_groups
         + inner * c / config.output_groups
     )
-    attention = 2 * 2 * seq_len * c
-    per_token = config.num_hidden_layers * (pointwise + attention)
-    per_token += (2 * c * c + 2 * c * 2) / seq_len
-    per_token += masked_per_sequence / seq_len * (2 * c * c + 2 * c * config.vocab_size)
-    return per_token * (3 if training else 1)
+    total = config.num_hidden_layers * (pointwise * tokens + 2 * 2 * c * squared_lengths)
+    total += sequences * (2 * c * c + 2 * c * 2)
+    total += masked * (2 * c * c + 2 * c * config.vocab_size)
+    return total * (3 if training else 1)
+
+
+def flops_per_token(config: ModelConfig, seq_len: int, masked_per_sequence: float, training: bool = True) -> float:
+    """`step_flops` per token of full-length sequences with `masked_per_sequence` masked tokens each."""
+    return step_flops(config, seq_len, seq_len**2, 1, masked_per_sequence, training) / seq_len
 
 
 __all__ = [
     "ModelConfig", "ConfigError", "SqueezeBertModel", "GroupedPointwise", "init_weights", "flops_per_token",
-    "count_parameters",
+    "step_flops", "count_parameters",
 ]

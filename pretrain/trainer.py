@@ -9,6 +9,16 @@ SOP loss the sum over the global batch over its size. Each micro-batch's loss is
 1/accumulation and its mean over ranks give exactly that gradient, so a step's update does not depend on
 how the global batch is split into ranks and micro-batches (up to float summation order). Dropout is
 seeded per (seed, step, micro-step, rank), so no RNG state needs saving for an exact resume.
+
+Devices: every tensor handed to a collective lives on the engine's device, so the same code runs over
+gloo (CPU) and NCCL (CUDA only). The hot loop makes no host synchronisation per micro-step: batches arrive
+in pinned memory and are copied without blocking, the masked positions come with the batch (their count
+is a shape, not a device value), and a step's sums, the preemption and save flags and the gradient norm
+travel in one all-reduce whose result is read once per step.
+
+Non-finite steps: a step whose loss or gradient norm is not finite on any rank is skipped by every rank
+(no update, LAMB's moments untouched) and counted; `optimizer.max_consecutive_skips` in a row stop the run
+with `TrainingDiverged`, and a checkpoint is never written from non-finite parameters.
 """
 
 from __future__ import annotations
@@ -31,10 +41,28 @@ from .checkpoint import Checkpointer
 from .config import RunConfig, RunConfigError, deepspeed_config, gradient_accumulation
 from .data import Batcher, MaskingConfig, MicroBatches, ShardSet
 from .heads import SqueezeBertForPretraining
-from .model import ModelConfig, flops_per_token
+from .model import ModelConfig, step_flops
 from .optim import build_lamb, learning_rate, set_learning_rate
+from .precision import DynamicLossScale, autocast, resolve_precision
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: saved after SIGTERM/SIGUSR1; requeue and rerun the same command
+
+# What one step all-reduces, in this order: sums the device computed, then what the host knows.
+DEVICE_SUMS = ("mlm_sum", "mlm_correct", "sop_sum", "sop_correct")
+HOST_SUMS = ("masked", "tokens", "squared_lengths", "preempt", "save_due")
+
+
+class TrainingDiverged(Exception):
+    """The loss or the gradients stayed non-finite, or the parameters became so; the message names the step."""
+
+
+def device_vector(values: list[float], device: torch.device) -> torch.Tensor:
+    """A float64 vector of host values on `device` without a blocking copy: `torch.tensor(values, device=...)`
+    copies from pageable memory, which makes the host wait for the device; a fill is a kernel launch."""
+    vector = torch.empty(len(values), dtype=torch.float64, device=device)
+    for index, value in enumerate(values):
+        vector[index].fill_(value)
+    return vector
 
 
 @dataclass
@@ -43,11 +71,16 @@ class TrainerState:
     step_in_phase: int = 0  # optimizer steps completed in the current phase
     global_step: int = 0  # optimizer steps completed over all phases
     consumed_samples: int = 0  # global samples consumed in the current phase
+    skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient, over all phases
+    consecutive_skips: int = 0  # of those, in a row up to now
+
+    OPTIONAL = ("skipped_steps", "consecutive_skips")  # absent from checkpoints of earlier versions
 
     def state_dict(self) -> dict:
         return asdict(self)
 
     def load_state_dict(self, values: dict) -> None:
+        values = {**{key: 0 for key in self.OPTIONAL}, **values}
         for key in asdict(self):
             if key not in values or not isinstance(values[key], int) or values[key] < 0:
                 raise RunConfigError(f"checkpoint: trainer state has a bad {key!r}: {values.get(key)!r}")
@@ -55,7 +88,8 @@ class TrainerState:
 
 
 class Preemption:
-    """SIGTERM / SIGUSR1 set a flag; every step the ranks agree (max over ranks) whether to stop."""
+    """SIGTERM / SIGUSR1 set a flag; every step the ranks agree whether to stop (the flag rides in the step's
+    all-reduce: any rank's request stops all)."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -64,12 +98,6 @@ class Preemption:
 
     def _handler(self, signum, frame) -> None:
         self.requested = True
-
-    def agreed(self) -> bool:
-        flag = torch.tensor([1 if self.requested else 0])
-        if dist.is_initialized():
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
 
 
 def setup_distributed(timeout_minutes: float = 10.0) -> tuple[int, int]:
@@ -81,14 +109,10 @@ def setup_distributed(timeout_minutes: float = 10.0) -> tuple[int, int]:
             port = probe.getsockname()[1]
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available():  # before the process group: NCCL and object collectives use this device
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
     return dist.get_rank(), dist.get_world_size()
-
-
-def use_bf16(config: RunConfig) -> bool:
-    if config.precision == "auto":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return config.precision == "bf16"
 
 
 def build_model(config: RunConfig) -> SqueezeBertForPretraining:
@@ -126,12 +150,14 @@ def open_phase_data(config: RunConfig, model_config: ModelConfig) -> list[Batche
     return batchers
 
 
-def step_losses(output, batch_size: int, global_masked: int, global_batch: int,
+def step_losses(output, batch_size: int, global_masked: torch.Tensor, global_batch: int,
                 scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The micro-batch's share of the step's loss, and its MLM and SOP cross-entropy sums."""
+    """The micro-batch's share of the step's loss, and its MLM and SOP cross-entropy sums. `global_masked`
+    stays a device tensor: dividing by it needs no host read."""
     mlm_sum = output.mlm_loss * output.num_masked  # the heads' mean times its count: no second cross-entropy
     sop_sum = output.sop_loss * batch_size
-    return (mlm_sum / max(global_masked, 1) + sop_sum / global_batch) * scale, mlm_sum.detach(), sop_sum.detach()
+    loss = (mlm_sum / global_masked.clamp(min=1) + sop_sum / global_batch) * scale
+    return loss, mlm_sum.detach(), sop_sum.detach()
 
 
 class Trainer:
@@ -145,15 +171,21 @@ class Trainer:
         torch.manual_seed(config.seed)
         self.model = build_model(config)
         self.batchers = open_phase_data(config, self.model.config)
-        self.bf16 = use_bf16(config)
         first = config.phases[0]
-        optimizer = build_lamb(self.model, config.optimizer, lr=first.peak_lr)  # set every step from the schedule
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=self.model, optimizer=optimizer,
-            # bf16 weights under DeepSpeed on accelerators; on CPU, bf16 is autocast over fp32 (see train_step)
-            config=deepspeed_config(first, self.world_size, config.optimizer, self.bf16 and torch.cuda.is_available()),
+        # LAMB is the optimizer DeepSpeed steps, unwrapped: the engine runs in fp32 (see pretrain.precision)
+        self.optimizer = build_lamb(self.model, config.optimizer, lr=first.peak_lr)  # lr set every step
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=self.model, optimizer=self.optimizer,
+            config=deepspeed_config(first, self.world_size, config.optimizer),
         )
+        if self.engine.optimizer is not self.optimizer:  # the skip protocol and fp32 state rely on it
+            raise RuntimeError("DeepSpeed wrapped the LAMB optimizer; this DeepSpeed version is not supported")
         self.device = self.engine.device
+        self.precision = resolve_precision(config.precision, self.device)
+        self.loss_scale = None
+        if self.precision == "fp16":
+            self.loss_scale = DynamicLossScale(config.optimizer.initial_loss_scale,
+                                               config.optimizer.loss_scale_growth_interval)
         self.state = TrainerState()
         self.checkpointer = Checkpointer(config.checkpoint.dir, config.checkpoint.keep, self.rank)
         self.preemption = Preemption()
@@ -174,9 +206,14 @@ class Trainer:
             "vocab_dir": os.path.join(os.path.dirname(os.path.abspath(self.config.phases[0].shards)), "vocab"),
             "shards": [b.shards.fingerprint for b in self.batchers],
             "world_size": self.world_size,
+            "loss_scale": self.loss_scale.state_dict() if self.loss_scale else None,
         }
 
     def save(self) -> None:
+        finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
+        if not bool(finite):  # the same parameters on every rank: every rank stops here
+            raise TrainingDiverged(f"global step {self.state.global_step}: the parameters are not finite, so no "
+                                   "checkpoint was written; the last complete one is kept")
         path = self.checkpointer.save(self.engine, self.state.global_step, self.client_state())
         self.last_save_time = time.monotonic()
         self.log_line(f"saved {path}")
@@ -187,6 +224,8 @@ class Trainer:
             return
         client = self.checkpointer.load(self.engine, path)
         self.state.load_state_dict(client["trainer"])
+        if self.loss_scale and client.get("loss_scale"):
+            self.loss_scale.load_state_dict(client["loss_scale"])
         if client["shards"][: len(self.batchers)] != [b.shards.fingerprint for b in self.batchers]:
             raise RunConfigError(f"{path}: was trained on other shards than the config names; "
                                  "use the same shard sets or a new checkpoint.dir")
@@ -201,6 +240,7 @@ class Trainer:
 
     def fit(self) -> int:
         self.log_line("resolved config " + json.dumps(self.config.to_dict()))
+        self.log_line(f"precision {self.precision} on {self.device} (weights, gradients and LAMB state in fp32)")
         self.resume()
         self.steps_this_run = 0
         while self.state.phase_index < len(self.config.phases):
@@ -274,11 +314,12 @@ class Trainer:
             self.optimizer.state.clear()
         dataset = MicroBatches(batcher, phase.global_batch, phase.micro_batch, self.rank, self.world_size,
                                self.state.step_in_phase, phase.steps)
+        # Pinned host memory lets each micro-batch's copy to the GPU run without the host waiting for it.
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=1, prefetch_factor=4,
-                                             persistent_workers=False)
+                                             persistent_workers=False, pin_memory=self.device.type == "cuda")
         batches = iter(loader)
-        flops_token = flops_per_token(self.model.config, batcher.shards.seq_len, phase.max_predictions)
         start_time, start_step = time.monotonic(), self.state.step_in_phase
+        self.phase_flops = 0.0
         budget = config.max_steps_this_run
         while self.state.step_in_phase < phase.steps:
             step = self.state.step_in_phase
@@ -293,21 +334,24 @@ class Trainer:
             self.state.step_in_phase += 1
             self.state.global_step += 1
             self.state.consumed_samples += phase.global_batch
+            self.count_skip(metrics)
             if self.rank == 0:
                 elapsed = time.monotonic() - start_time
                 samples_per_s = (self.state.step_in_phase - start_step) * phase.global_batch / max(elapsed, 1e-9)
-                flops_per_s = samples_per_s * batcher.shards.seq_len * flops_token
-                metrics.update(lr=lr, phase=index, samples_per_s=samples_per_s,
-                               tokens_per_s=samples_per_s * metrics.pop("mean_length"), flops_per_s=flops_per_s)
+                flops_per_s = self.phase_flops / max(elapsed, 1e-9)
+                metrics.update(lr=lr, phase=index, samples_per_s=samples_per_s, flops_per_s=flops_per_s,
+                               tokens_per_s=samples_per_s * metrics.pop("mean_length"))
                 if config.logging.peak_flops_per_device:
                     metrics["mfu"] = flops_per_s / (config.logging.peak_flops_per_device * self.world_size)
                 self.log_step(metrics, phase, elapsed, start_step)
+            else:
+                metrics.pop("mean_length")
             if config.logging.eval_every_steps and self.state.global_step % config.logging.eval_every_steps == 0:
                 self.evaluate(batcher, phase)
             self.steps_this_run += 1
             budget_spent = bool(budget) and self.steps_this_run >= budget
-            stop = self.preemption.agreed() or (budget_spent and self.state.step_in_phase < phase.steps)
-            if stop or self.should_save(phase):
+            stop = metrics.pop("preempt") or (budget_spent and self.state.step_in_phase < phase.steps)
+            if stop or self.should_save(phase, metrics.pop("save_due")):
                 self.save()
             if stop:
                 reason = "step budget of this run spent" if budget_spent else "preempted"
@@ -315,97 +359,138 @@ class Trainer:
                 return EXIT_PREEMPTED
         return 0
 
-    def should_save(self, phase) -> bool:
+    def count_skip(self, metrics: dict) -> None:
+        """Counts a skipped step; too many in a row end the run (the last complete checkpoint stands)."""
+        state = self.state
+        if metrics["skipped"]:
+            state.skipped_steps += 1
+        if metrics["skipped"] and not metrics["overflow_only"]:
+            state.consecutive_skips += 1
+        elif not metrics["skipped"]:
+            state.consecutive_skips = 0
+        metrics["skipped_steps"] = state.skipped_steps
+        limit = self.config.optimizer.max_consecutive_skips
+        if state.consecutive_skips >= limit:
+            raise TrainingDiverged(
+                f"global step {state.global_step}: the loss or the gradient norm was not finite for {limit} steps "
+                f"in a row (optimizer.max_consecutive_skips); the last complete checkpoint in "
+                f"{self.config.checkpoint.dir} is kept: lower the learning rate or check the data, then resume")
+
+    def save_due_by_time(self) -> bool:
+        every = self.config.checkpoint.every_minutes
+        return bool(every) and self.rank == 0 and time.monotonic() - self.last_save_time >= every * 60
+
+    def should_save(self, phase, due_by_time: bool) -> bool:
+        """At a phase end, every `every_steps`, or when rank 0's clock says so (wall clocks differ between
+        ranks, so rank 0's flag travels in the step's all-reduce and every rank agrees)."""
         every = self.config.checkpoint
         if self.state.step_in_phase == phase.steps:
             return True
         if every.every_steps and self.state.global_step % every.every_steps == 0:
             return True
-        if not every.every_minutes:  # the same config on every rank: no collective needed to agree on this
-            return False
-        due = time.monotonic() - self.last_save_time >= every.every_minutes * 60
-        flag = torch.tensor([1 if due else 0])  # wall clocks differ: rank 0's decides for everyone
-        if dist.is_initialized():
-            dist.broadcast(flag, src=0)
-        return bool(flag.item())
+        return due_by_time
+
+    def to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def train_step(self, micro_batches: list[dict], phase, accumulation: int) -> dict:
-        counts = torch.tensor([float(sum(int((b["mlm_labels"] != -100).sum()) for b in micro_batches))])
+        # What the host knows without asking the device: counts are shapes of the (CPU) batches.
+        masked = sum(b["mlm_positions"].numel() for b in micro_batches)
+        lengths = torch.cat([b["attention_mask"].sum(1) for b in micro_batches]).double()
+        host = [masked, float(lengths.sum()), float(lengths.square().sum()), float(self.preemption.requested),
+                float(self.save_due_by_time())]
+        batches = [self.to_device(b) for b in micro_batches]
+        global_masked = torch.full((), float(masked), device=self.device)
         if dist.is_initialized():
-            dist.all_reduce(counts)
-        global_masked = int(counts.item())
-        scale = accumulation * self.world_size  # undoes DeepSpeed's 1/accumulation and mean over ranks
-        totals = torch.zeros(6, dtype=torch.float64)  # mlm_sum, masked, mlm_correct, sop_sum, sop_correct, tokens
-        for micro_step, batch in enumerate(micro_batches):
+            dist.all_reduce(global_masked)
+        loss_scale = self.loss_scale.scale if self.loss_scale else 1.0
+        self.optimizer.loss_scale = loss_scale  # LAMB divides it back out of the gradients
+        scale = accumulation * self.world_size * loss_scale  # undoes DeepSpeed's 1/accumulation and rank mean
+        sums = torch.zeros(len(DEVICE_SUMS), dtype=torch.float64, device=self.device)
+        for micro_step, batch in enumerate(batches):
             # The boundary is stated, not counted, so a resume or a phase change can never misalign it.
             self.engine.set_gradient_accumulation_boundary(micro_step == accumulation - 1)
             # Dropout is seeded by the micro-batch's place in the global batch, not by (rank, micro-step):
             # the same examples get the same dropout on any number of ranks (same micro-batch size).
             place = micro_step * self.world_size + self.rank  # see data.rank_slice
             torch.manual_seed(hash((self.config.seed, self.state.global_step, place)) % (2**63))
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16 and self.device.type == "cpu"):
+            with autocast(self.device, self.precision):
                 output = self.engine(**batch)
             batch_size = len(batch["sop_labels"])
             loss, mlm_sum, sop_sum = step_losses(output, batch_size, global_masked, phase.global_batch, scale)
             self.engine.backward(loss)
-            totals += torch.stack([
-                mlm_sum.double(), torch.tensor(float(output.num_masked), dtype=torch.float64, device=mlm_sum.device),
-                (output.mlm_accuracy * output.num_masked).double(), sop_sum.double(),
-                (output.sop_accuracy * batch_size).double(),
-                batch["attention_mask"].sum().double(),
-            ]).cpu()
-        grad_norm = self.gradient_norm()  # the last backward all-reduced the gradients
-        self.engine.step()
+            sums += torch.stack([mlm_sum, output.mlm_accuracy * output.num_masked, sop_sum,
+                                 output.sop_accuracy * batch_size]).double()
+        gradient_norm = self.optimizer.gradient_norm()  # the last backward all-reduced the gradients
+        reduced = torch.cat([sums, device_vector(host, self.device), gradient_norm.double().square().view(1)])
         if dist.is_initialized():
-            dist.all_reduce(totals)
-        mlm_loss = totals[0].item() / max(totals[1].item(), 1)
-        sop_loss = totals[3].item() / phase.global_batch
-        return {
+            dist.all_reduce(reduced)
+        values = dict(zip(DEVICE_SUMS + HOST_SUMS + ("gradient_norm_squared",), reduced.tolist()))  # the read
+        loss_finite = math.isfinite(values["mlm_sum"]) and math.isfinite(values["sop_sum"])
+        gradients_finite = math.isfinite(values["gradient_norm_squared"])
+        finite = loss_finite and gradients_finite
+        # fp16: gradients that overflow while the loss is finite are the loss scale's business, not divergence
+        overflow_only = bool(self.loss_scale) and loss_finite and self.loss_scale.scale > self.loss_scale.minimum
+        if self.loss_scale:
+            self.loss_scale.update(finite)
+        self.optimizer.overflow = not finite  # LAMB then changes nothing; DeepSpeed counts a skipped step
+        self.engine.step()
+        self.phase_flops += step_flops(self.model.config, values["tokens"], values["squared_lengths"],
+                                       phase.global_batch, values["masked"])
+        masked_total = max(values["masked"], 1)
+        mlm_loss, sop_loss = values["mlm_sum"] / masked_total, values["sop_sum"] / phase.global_batch
+        metrics = {
             "loss": mlm_loss + sop_loss, "mlm_loss": mlm_loss, "sop_loss": sop_loss,
-            "mlm_accuracy": totals[2].item() / max(totals[1].item(), 1),
-            "sop_accuracy": totals[4].item() / phase.global_batch, "grad_norm": grad_norm,
-            "mean_length": totals[5].item() / phase.global_batch,
+            "mlm_accuracy": values["mlm_correct"] / masked_total,
+            "sop_accuracy": values["sop_correct"] / phase.global_batch,
+            "grad_norm": math.sqrt(values["gradient_norm_squared"] / self.world_size),  # the same on every rank
+            "mean_length": values["tokens"] / phase.global_batch,
+            "skipped": not finite, "overflow_only": not finite and overflow_only,
+            "preempt": values["preempt"] > 0, "save_due": values["save_due"] > 0,
         }
-
-    def gradient_norm(self) -> float:
-        """Global L2 norm of the averaged gradients, before clipping (DeepSpeed does not report it for a
-        client optimizer in fp32). Gradients are all-reduced by the last backward, so every rank agrees."""
-        squares = [p.grad.detach().float().pow(2).sum() for p in self.model.parameters() if p.grad is not None]
-        return math.sqrt(float(torch.stack(squares).sum())) if squares else 0.0
+        if self.loss_scale:
+            metrics["loss_scale"] = loss_scale
+        return metrics
 
     @torch.no_grad()
     def evaluate(self, batcher: Batcher, phase) -> None:
         if not batcher.held_out:
             return
         self.engine.eval()
-        totals = torch.zeros(4, dtype=torch.float64)
+        sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # MLM and SOP cross-entropy sums
+        counts = [0, 0]  # masked tokens, sequences: shapes, known to the host
         share = range(self.rank * phase.micro_batch, batcher.held_out, self.world_size * phase.micro_batch)
         for start in share:
             batch = batcher(torch.arange(start, min(start + phase.micro_batch, batcher.held_out)).numpy(),
                             evaluation=True)
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            output = self.engine(**batch)
-            totals += torch.tensor([
-                F.cross_entropy(output.mlm_logits.float(), output.mlm_targets, reduction="sum").item(),
-                output.num_masked,
-                F.cross_entropy(output.sop_logits.float(), batch["sop_labels"], reduction="sum").item(),
-                len(batch["sop_labels"]),
-            ], dtype=torch.float64)
+            counts[0] += batch["mlm_positions"].numel()
+            counts[1] += len(batch["sop_labels"])
+            batch = self.to_device(batch)
+            with autocast(self.device, self.precision):
+                output = self.engine(**batch)
+            sums += torch.stack([
+                F.cross_entropy(output.mlm_logits.float(), output.mlm_targets, reduction="sum"),
+                F.cross_entropy(output.sop_logits.float(), batch["sop_labels"], reduction="sum"),
+            ]).double()
+        totals = torch.cat([sums, device_vector(counts, self.device)])
         if dist.is_initialized():
             dist.all_reduce(totals)
+        mlm_sum, sop_sum, masked, sequences = totals.tolist()
         self.engine.train()
         if self.writer:
             step = self.state.global_step
-            self.writer.add_scalar("eval/mlm_loss", totals[0].item() / max(totals[1].item(), 1), step)
-            self.writer.add_scalar("eval/sop_loss", totals[2].item() / max(totals[3].item(), 1), step)
+            self.writer.add_scalar("eval/mlm_loss", mlm_sum / max(masked, 1), step)
+            self.writer.add_scalar("eval/sop_loss", sop_sum / max(sequences, 1), step)
 
     # -- logging (rank 0) --------------------------------------------------------------------------
 
     def log_step(self, metrics: dict, phase, elapsed: float, start_step: int) -> None:
         step = self.state.global_step
         for key, value in metrics.items():
-            group = "train" if "loss" in key or "accuracy" in key or key == "grad_norm" else "progress"
+            if key in ("skipped", "overflow_only", "preempt", "save_due"):
+                continue
+            trained = "loss" in key or "accuracy" in key or key in ("grad_norm", "skipped_steps")
+            group = "train" if trained else "progress"
             self.writer.add_scalar(f"{group}/{key}", value, step)
         self.writer.add_scalar("progress/step_in_phase", self.state.step_in_phase, step)
         self.writer.add_scalar("progress/accumulation", self.accumulation, step)
@@ -416,7 +501,9 @@ class Trainer:
                 f"{phase.name} step {self.state.step_in_phase}/{phase.steps} loss {metrics['loss']:.4f} "
                 f"(mlm {metrics['mlm_loss']:.4f}, sop {metrics['sop_loss']:.4f}) lr {metrics['lr']:.3e} "
                 f"grad_norm {metrics['grad_norm']:.3f} {metrics['samples_per_s']:.1f} samples/s "
-                f"ETA {datetime.timedelta(seconds=round(eta))}"
+                f"skipped {metrics['skipped_steps']}"
+                + (f" loss_scale {metrics['loss_scale']:g}" if "loss_scale" in metrics else "")
+                + f" ETA {datetime.timedelta(seconds=round(eta))}"
             )
             self.writer.flush()
 

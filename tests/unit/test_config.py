@@ -40,9 +40,11 @@ def test_file_and_overrides(config_file):
 
 def test_derived_deepspeed_config(config_file):
     config = load_config(config_file)
-    derived = deepspeed_config(config.phases[0], world_size=2, optimizer=config.optimizer, bf16=False)
+    derived = deepspeed_config(config.phases[0], world_size=2, optimizer=config.optimizer)
     assert derived["gradient_accumulation_steps"] == 4 and derived["train_batch_size"] == 64
     assert derived["zero_optimization"]["stage"] == 0
+    # DeepSpeed stays fp32 and does not clip: autocast does the mixed precision, LAMB the global clipping
+    assert not derived["bf16"]["enabled"] and not derived["fp16"]["enabled"] and derived["gradient_clipping"] == 0
     assert gradient_accumulation(config.phases[1], 4) == 4
 
 
@@ -51,7 +53,9 @@ def test_derived_deepspeed_config(config_file):
     ("phases.0.steps=0", "phases.0.steps = 0"),
     ("phases.0.warmup_fraction=1.5", "phases.0.warmup_fraction"),
     ("phases.0.colour=1", "unknown keys ['colour']"),
-    ("precision=fp16", "precision = 'fp16'"),
+    ("precision=fp8", "precision = 'fp8'"),
+    ("optimizer.implementation=apex", "optimizer.implementation = 'apex'"),
+    ("optimizer.max_consecutive_skips=0", "optimizer.max_consecutive_skips = 0"),
     ("phases.5.steps=1", "no element 5"),
     ("nonsense", "expected key=value"),
 ])
@@ -73,3 +77,38 @@ def test_missing_or_broken_file(tmp_path):
     (tmp_path / "bad.toml").write_text("model = [")
     with pytest.raises(RunConfigError, match="not valid TOML"):
         load_config(str(tmp_path / "bad.toml"))
+
+
+@pytest.mark.parametrize("override, fragment", [
+    # the three examples
+    ("phases.0.steps=1.5", "phases.0.steps = 1.5: expected an integer"),
+    ('seed="x"', "seed = 'x': expected an integer"),
+    ("phases.0.steps=abc", "phases.0.steps = 'abc': expected an integer"),
+    # one per type
+    ("seed=true", "seed = True: expected an integer"),  # a bool is not an integer
+    ('phases.0.peak_lr="fast"', "phases.0.peak_lr = 'fast': expected a number"),
+    ("model=3", "model = 3: expected a string"),
+    ("phases.1.reset_optimizer=1", "phases.1.reset_optimizer = 1: expected true or false"),
+    ("model_overrides=5", "model_overrides = 5: expected a table"),
+    ("optimizer=5", "optimizer: expected a table"),
+    ("phases=5", "phases: expected a list of [[phases]] tables"),
+    ("logging.eval_samples=[1]", "logging.eval_samples = [1]: expected an integer"),
+    ("seed.x=1", "--set seed.x: seed is not a table"),
+])
+def test_values_of_the_wrong_type_name_the_key(config_file, override, fragment):
+    with pytest.raises(RunConfigError) as error:
+        load_config(config_file, [override])
+    assert fragment in str(error.value) and "\n" not in str(error.value)
+
+
+def test_wrong_types_in_the_file_name_the_key(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text(CONFIG.replace("seed = 7", 'seed = "x"'))
+    with pytest.raises(RunConfigError, match="seed = 'x': expected an integer"):
+        load_config(str(path))
+
+
+def test_integers_are_taken_for_numbers(config_file):
+    config = load_config(config_file, ["phases.0.peak_lr=1", "optimizer.weight_decay=0"])
+    assert config.phases[0].peak_lr == 1.0 and isinstance(config.phases[0].peak_lr, float)
+    assert isinstance(config.optimizer.weight_decay, float)

@@ -15,8 +15,14 @@ def shards(shard_root):
 
 
 def unpadded(batch, row):
+    """One row's values; `mlm_positions` is the batch's (flat indices of its masked tokens), checked apart."""
     length = int(batch["attention_mask"][row].sum())
-    return {key: value[row, :length].tolist() if value.dim() == 2 else int(value[row]) for key, value in batch.items()}
+    width = batch["input_ids"].shape[1]
+    assert torch.equal(batch["mlm_positions"], (batch["mlm_labels"].reshape(-1) != -100).nonzero().squeeze(1))
+    row_positions = [int(p) - row * width for p in batch["mlm_positions"] if int(p) // width == row]
+    values = {key: value[row, :length].tolist() if value.dim() == 2 else int(value[row])
+              for key, value in batch.items() if key != "mlm_positions"}
+    return {**values, "mlm_positions": row_positions}
 
 
 def test_shard_set_reads_what_datasets_reads(shards):

@@ -1,0 +1,58 @@
+"""Runs `python -m pretrain ARGS` with faults injected into the real trainer, for the tests of its guards.
+
+    python -m tests.integration.inject_faults [--nan-steps 4,5] [--nccl-error-step N] -- train --config ...
+
+--nan-steps: the encoder's output is NaN while computing those global steps (0-based: the step about to
+  be taken), so the loss and every gradient are NaN, as after a diverged update or a corrupt batch.
+--nccl-error-step: the step's all-reduce raises the `DistBackendError` that NCCL raises when a peer dies.
+
+Only the fault is injected: the trainer, its checks and its command line are the real ones.
+"""
+
+import argparse
+import sys
+
+import torch.distributed as dist
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--nan-steps", default="")
+    parser.add_argument("--nccl-error-step", type=int, default=-1)
+    parser.add_argument("pretrain_args", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    nan_steps = {int(step) for step in args.nan_steps.split(",") if step}
+    pretrain_args = args.pretrain_args[1:] if args.pretrain_args[:1] == ["--"] else args.pretrain_args
+
+    from pretrain import trainer as trainer_module
+    from pretrain.__main__ import main as pretrain_main
+
+    original_init = trainer_module.Trainer.__init__
+
+    def init(self, config):
+        original_init(self, config)
+
+        def poison(module, inputs, output):
+            if self.state.global_step in nan_steps:
+                hidden, pooled = output
+                return hidden * float("nan"), pooled
+        self.model.transformer.register_forward_hook(poison)
+
+        all_reduce = dist.all_reduce
+
+        def failing_all_reduce(tensor, *rest, **kwargs):
+            if self.state.global_step == args.nccl_error_step:
+                raise dist.DistBackendError(
+                    "NCCL error in: /pytorch/torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp:3356, remote process "
+                    "exited or there was a network error, NCCL version 2.27.3\nncclRemoteError: A call failed "
+                    "possibly due to a network error or a remote process exiting prematurely.\nLast error:\n"
+                    "socket recv: Connection reset by peer")
+            return all_reduce(tensor, *rest, **kwargs)
+        dist.all_reduce = failing_all_reduce
+
+    trainer_module.Trainer.__init__ = init
+    return pretrain_main(pretrain_args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The trainer where it will run: collectives on the engine's device, NCCL failures in one line, non-finite
+steps skipped and counted, diverged runs stopped with their last good checkpoint, fp16 loss scaling and
+bf16 autocast with fp32 weights, gradients and LAMB state. Real processes, the tiny config."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import torch
+
+from pretrain.export import save_model_folder
+from pretrain.heads import SqueezeBertForPretraining
+from pretrain.model import ModelConfig
+from tests.integration.test_trainer import scalars, train_command
+
+HARNESS = ("-m", "tests.integration.inject_faults")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run_pretrain(command, workdir, timeout=300):
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def with_faults(shard_root, *overrides, nan_steps="", nccl_error_step=-1):
+    command = train_command(shard_root, *overrides, launcher=(sys.executable,))
+    faults = ["--nan-steps", nan_steps, "--nccl-error-step", str(nccl_error_step), "--"]
+    return [sys.executable, *HARNESS, *faults, *command[command.index("train"):]]
+
+
+def last_line(result) -> str:
+    return result.stderr.strip().splitlines()[-1]
+
+
+def checkpoint_state(workdir, step):
+    path = os.path.join(workdir, "checkpoints", f"step-{step:08d}", "state", "mp_rank_00_model_states.pt")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def lamb_steps(state) -> set:
+    """LAMB's own step counters: they advance only on an update that happened."""
+    return {int(s["step"]) for s in state["optimizer"]["state"].values()}
+
+
+def test_every_collective_gets_a_tensor_made_on_the_engine_device(shard_root, tmp_path):
+    """On a GPU, NCCL refuses CPU tensors; on a CPU both are the same device, so the harness marks tensors
+    made on the host by default and fails on any collective that receives one (the code before this test
+    handed 19 such tensors to collectives in a 5-step run)."""
+    command = train_command(shard_root, "checkpoint.every_minutes=0.0001", launcher=(sys.executable,))
+    command = [sys.executable, "-m", "tests.integration.collective_devices", *command[command.index("train"):]]
+    result = run_pretrain(command, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["host_made"] == []
+    # 12 steps, each with the count and the sums all-reduced, the gradients, the evaluations, the saves
+    assert report["collectives"] > 3 * 12
+
+
+def test_an_nccl_failure_ends_with_one_line(shard_root, tmp_path):
+    result = run_pretrain(with_faults(shard_root, nccl_error_step=4), tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert last_line(result).startswith("pretrain: error: lost contact with another rank (NCCL error in:")
+    assert "relaunch every node" in last_line(result)
+
+
+def test_a_non_finite_step_is_skipped_counted_and_leaves_lamb_untouched(shard_root, tmp_path):
+    result = run_pretrain(with_faults(shard_root, nan_steps="4"), tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    skipped = scalars(str(tmp_path), "train/skipped_steps")
+    assert [skipped[step][0] for step in range(1, 13)] == [0] * 4 + [1] * 8
+    losses = scalars(str(tmp_path), "train/loss")
+    assert math.isnan(losses[5][0]) and all(math.isfinite(losses[s][0]) for s in losses if s != 5)
+    assert "skipped 1" in result.stderr  # the console line
+    final = checkpoint_state(tmp_path, 12)
+    assert lamb_steps(final) == {11}  # 12 steps, one skipped: LAMB's moments saw 11 updates
+    assert all(torch.isfinite(value).all() for value in final["module"].values())
+
+
+def test_too_many_skips_in_a_row_stop_the_run_and_keep_the_last_good_checkpoint(shard_root, tmp_path):
+    command = with_faults(shard_root, "optimizer.max_consecutive_skips=3", nan_steps="4,5,6,7,8,9,10,11")
+    result = run_pretrain(command, tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert last_line(result).startswith(
+        "pretrain: error: global step 7: the loss or the gradient norm was not finite for 3 steps in a row")
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-00000006"
+    kept = checkpoint_state(tmp_path, 6)
+    assert all(torch.isfinite(value).all() for value in kept["module"].values())
+    assert lamb_steps(kept) == {4}  # steps 5 and 6 were skipped
+    # the kept checkpoint resumes: the rest of the run without the fault completes
+    resumed = run_pretrain(with_faults(shard_root), tmp_path)
+    assert resumed.returncode == 0 and "resumed from checkpoints/step-00000006" in resumed.stderr
+
+
+def test_non_finite_parameters_are_never_checkpointed(shard_root, tmp_path):
+    model = SqueezeBertForPretraining(ModelConfig.preset("squeezebert-tiny"))
+    with torch.no_grad():
+        model.transformer.encoder.layers[0].attention.query.weight[0, 0] = float("nan")
+    save_model_folder(model, str(tmp_path / "poisoned"))
+    command = with_faults(shard_root, f'init_from="{tmp_path / "poisoned"}"')
+    result = run_pretrain(command, tmp_path)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert last_line(result).startswith("pretrain: error: global step 3: the parameters are not finite")
+    assert not [name for name in os.listdir(tmp_path / "checkpoints") if name.startswith("step-")]
+
+
+def test_fp16_overflow_skips_the_step_and_halves_the_loss_scale(shard_root, tmp_path):
+    # 2^22 overflows the tiny model's fp16 gradients: the scale halves at each overflow until they fit
+    command = with_faults(shard_root, 'precision="fp16"', "optimizer.initial_loss_scale=4194304.0")
+    result = run_pretrain(command, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    scales = {step: values[0] for step, values in scalars(str(tmp_path), "train/loss_scale").items()}
+    skipped = {step: values[0] for step, values in scalars(str(tmp_path), "train/skipped_steps").items()}
+    skipped[0] = 0
+    overflowed = [step for step in range(1, 13) if skipped[step] > skipped[step - 1]]
+    assert 1 in overflowed and 0 < len(overflowed) < 12 and scales[1] == 2.0**22
+    for step in range(1, 12):  # halved after each skipped step, unchanged after the others
+        assert scales[step + 1] == scales[step] / (2 if step in overflowed else 1), step
+    assert lamb_steps(checkpoint_state(tmp_path, 12)) == {12 - len(overflowed)}  # skips left LAMB untouched
+    losses = scalars(str(tmp_path), "train/loss")
+    assert all(math.isfinite(losses[step][0]) for step in range(1, 13))  # overflow is in the gradients only
+    assert "precision fp16" in result.stderr
+
+
+def test_bf16_autocast_keeps_weights_gradients_and_lamb_state_in_fp32(shard_root, tmp_path):
+    single = {}
+    for precision in ("fp32", "bf16"):
+        workdir = tmp_path / precision
+        workdir.mkdir()
+        result = run_pretrain(with_faults(shard_root, f'precision="{precision}"'), workdir)
+        assert result.returncode == 0, result.stderr[-3000:]
+        single[precision] = scalars(str(workdir), "train/loss")
+    state = checkpoint_state(tmp_path / "bf16", 12)
+    assert {value.dtype for value in state["module"].values()} == {torch.float32}
+    moments = [v for s in state["optimizer"]["state"].values() for k, v in s.items() if k != "step"]
+    assert {value.dtype for value in moments} == {torch.float32}
+    # the same run, computed in bf16: close to fp32, not equal
+    differences = [abs(single["bf16"][s][0] - single["fp32"][s][0]) / single["fp32"][s][0] for s in range(1, 13)]
+    assert 0 < max(differences) < 0.02
