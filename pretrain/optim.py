@@ -99,6 +99,18 @@ class GradientControl:
         return not skip
 
 
+def _from_torch_optimizer_state(optimizer, state_dict: dict) -> dict:
+    """A checkpoint of torch-optimizer's `Lamb` (earlier versions of this trainer) resumes under this one: its
+    moments are the same running averages; its step counts are integers, and its diagnostics are dropped."""
+    state_dict = {**state_dict, "state": {key: dict(values) for key, values in state_dict["state"].items()}}
+    for values in state_dict["state"].values():
+        if not isinstance(values.get("step"), torch.Tensor):
+            values["step"] = torch.tensor(float(values.get("step", 0)), dtype=torch.float32)
+        for diagnostic in ("weight_norm", "adam_norm", "trust_ratio"):
+            values.pop(diagnostic, None)
+    return state_dict
+
+
 class Lamb(GradientControl, torch.optim.Optimizer):
     """The reference LAMB (see the module docstring), multi-tensor, for parameters of any float dtype."""
 
@@ -110,6 +122,7 @@ class Lamb(GradientControl, torch.optim.Optimizer):
         super().__init__(params, defaults)
         self.max_grad_norm = max_grad_norm
         self._updates: dict[int, torch.Tensor] = {}  # scratch for u, per parameter: not state, never saved
+        self.register_load_state_dict_pre_hook(_from_torch_optimizer_state)
 
     def _state(self, parameter: torch.Tensor) -> dict:
         state = self.state[parameter]

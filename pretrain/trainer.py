@@ -397,8 +397,6 @@ class Trainer:
         # What the host knows without asking the device: counts are shapes of the (CPU) batches.
         masked = sum(b["mlm_positions"].numel() for b in micro_batches)
         lengths = torch.cat([b["attention_mask"].sum(1) for b in micro_batches]).double()
-        host = [masked, float(lengths.sum()), float(lengths.square().sum()), float(self.preemption.requested),
-                float(self.save_due_by_time())]
         batches = [self.to_device(b) for b in micro_batches]
         global_masked = torch.full((), float(masked), device=self.device)
         if dist.is_initialized():
@@ -422,6 +420,9 @@ class Trainer:
             sums += torch.stack([mlm_sum, output.mlm_accuracy * output.num_masked, sop_sum,
                                  output.sop_accuracy * batch_size]).double()
         gradient_norm = self.optimizer.gradient_norm()  # the last backward all-reduced the gradients
+        # read at the end of the step, so a signal that arrived during it is acted on now
+        host = [masked, float(lengths.sum()), float(lengths.square().sum()), float(self.preemption.requested),
+                float(self.save_due_by_time())]
         reduced = torch.cat([sums, device_vector(host, self.device), gradient_norm.double().square().view(1)])
         if dist.is_initialized():
             dist.all_reduce(reduced)

@@ -15,7 +15,8 @@ cd "$(dirname "$0")/.."
 # The interpreter the README's commands then run (`python -m ...`), so packages land where they are used.
 PYTHON=${PYTHON:-$(command -v python || command -v python3)}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-DEEPSPEED_SPEC=${DEEPSPEED_SPEC:-deepspeed==0.19.8}
+# DeepSpeed as pyproject.toml pins it (the release the tests cover): one place states it.
+DEEPSPEED_SPEC=$(grep -o '"deepspeed[^"]*"' pyproject.toml | tr -d '"')
 extras=""
 [[ "${1:-}" == "--test" ]] && extras="[test]"
 
@@ -25,6 +26,10 @@ if ! "$PYTHON" -c "import torch" 2>/dev/null; then
     pip_install "$TORCH_SPEC" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
 fi
 pip_install setuptools wheel ninja
-"$PYTHON" -c "import importlib.metadata as m; m.version('deepspeed')" >/dev/null 2>&1 || pip_install --no-build-isolation "$DEEPSPEED_SPEC"
+installed=$("$PYTHON" -c "import importlib.metadata as m; print(m.version('deepspeed'))" 2>/dev/null || true)
+if [[ "deepspeed==$installed" != "$DEEPSPEED_SPEC" ]]; then
+    [[ -n "$installed" ]] && echo "install: replacing deepspeed $installed with $DEEPSPEED_SPEC, the release the tests cover" >&2
+    pip_install --no-build-isolation "$DEEPSPEED_SPEC"
+fi
 pip_install -e ".${extras}"
 echo "install: $("$PYTHON" -c "import importlib.metadata as m; print('torch', m.version('torch'), 'deepspeed', m.version('deepspeed'))")"

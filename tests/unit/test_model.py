@@ -15,7 +15,7 @@ from pretrain.export import (
     transformers_config,
 )
 from pretrain.heads import SqueezeBertForPretraining
-from pretrain.model import ModelConfig, count_parameters, flops_per_token
+from pretrain.model import ModelConfig, count_parameters, flops_per_token, step_flops
 
 SMALL = ModelConfig(vocab_size=1000, hidden_size=96, num_hidden_layers=2, num_attention_heads=4, intermediate_size=384)
 
@@ -175,6 +175,16 @@ def test_flops_per_token_matches_flop_counter(seq_len):
         model(input_ids, attention_mask, token_type_ids, mlm_labels, sop_labels).loss.backward()
     expected = flops_per_token(config, seq_len, masked / n) * n * seq_len
     assert abs(counter.get_total_flops() - expected) / expected < 1e-6
+
+
+def test_step_flops_counts_real_lengths_and_masked_tokens_only():
+    """MFU counts the model's work on what the batch holds: padding and unmasked positions are not counted.
+    Two sequences of lengths 32 and 128 (each padded to 128 in its batch) are the sum of the two alone."""
+    config = ModelConfig.preset("squeezebert-base")
+    whole = step_flops(config, tokens=32 + 128, squared_lengths=32**2 + 128**2, sequences=2, masked=5 + 20)
+    parts = flops_per_token(config, 32, 5) * 32 + flops_per_token(config, 128, 20) * 128
+    assert whole == pytest.approx(parts, rel=1e-12)
+    assert whole < 2 * 128 * flops_per_token(config, 128, 20)  # the padded count reads higher
 
 
 def test_cpu_training_attention_path_is_sdpa_arithmetic():

@@ -59,6 +59,7 @@ def reference_lamb_step(groups, state, lr, betas, eps, max_grad_norm):
 
 
 def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach(), b.detach()
     return float((a - b).abs().max() / b.abs().max().clamp(min=1e-30))
 
 
@@ -192,6 +193,21 @@ def test_the_optimizer_state_is_checkpointed_and_restored():
         o.step()
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), restored_model.parameters()))
     assert set(optimizer.state_dict()["state"][0]) == {"step", "exp_avg", "exp_avg_sq"}  # no scratch saved
+
+
+def test_a_torch_optimizer_checkpoint_resumes_under_the_reference_lamb():
+    torch.manual_seed(6)
+    model = TiedModel()
+    old = torch_optimizer.Lamb(parameter_groups(model, 0.01), lr=1e-2)
+    model(torch.randint(0, 50, (4, 10))).square().mean().backward()
+    old.step()
+    new = Lamb(parameter_groups(model, 0.01), lr=1e-2)
+    new.load_state_dict(old.state_dict())
+    state = new.state_dict()["state"][0]
+    assert set(state) == {"step", "exp_avg", "exp_avg_sq"} and float(state["step"]) == 1.0
+    assert torch.equal(state["exp_avg"], old.state_dict()["state"][0]["exp_avg"])
+    new.step()  # continues from those moments
+    assert float(new.state_dict()["state"][0]["step"]) == 2.0
 
 
 def test_no_decay_for_biases_and_layer_norms_and_tied_weights_once():

@@ -1,0 +1,78 @@
+"""Precision on the CPU, as far as a CPU allows: which precision `auto` picks, autocast with fp32 weights and
+gradients, and the fp16 loss scale (an overflow is detected, skipped and halves the scale)."""
+
+import pytest
+import torch
+
+from pretrain.heads import SqueezeBertForPretraining
+from pretrain.model import GroupedPointwise, ModelConfig
+from pretrain.optim import Lamb, parameter_groups
+from pretrain.precision import DynamicLossScale, PrecisionError, autocast, resolve_precision
+from tests.unit.test_model import random_batch
+
+
+def test_auto_is_fp32_on_a_cpu_and_explicit_choices_stand():
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == "fp32"
+    assert [resolve_precision(p, cpu) for p in ("fp32", "bf16", "fp16")] == ["fp32", "bf16", "fp16"]
+
+
+@pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_autocast_computes_in_half_precision_and_keeps_weights_and_gradients_fp32(precision, dtype):
+    config = ModelConfig.preset("squeezebert-tiny")
+    torch.manual_seed(0)
+    model = SqueezeBertForPretraining(config)
+    seen = []
+    for module in model.modules():
+        if isinstance(module, GroupedPointwise):
+            module.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    with autocast(torch.device("cpu"), precision):
+        output = model(*random_batch(config, n=2, w=32))
+    assert set(seen) == {dtype}  # the grouped 1x1 convolutions ran in half precision
+    assert output.loss.dtype == torch.float32  # cross-entropy in fp32
+    output.loss.backward()
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert {p.grad.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_fp32_autocast_is_no_autocast():
+    config = ModelConfig.preset("squeezebert-tiny")
+    model = SqueezeBertForPretraining(config)
+    with autocast(torch.device("cpu"), "fp32"):
+        hidden, _ = model.transformer(*random_batch(config, n=2, w=16)[:3])
+    assert hidden.dtype == torch.float32
+
+
+def test_loss_scale_halves_on_overflow_grows_after_its_interval_and_is_checkpointed():
+    scale = DynamicLossScale(scale=8.0, growth_interval=3)
+    scale.update(finite=False)
+    assert scale.scale == 4.0 and scale.good_steps == 0
+    for _ in range(3):
+        scale.update(finite=True)
+    assert scale.scale == 8.0 and scale.good_steps == 0
+    scale.update(finite=True)
+    restored = DynamicLossScale(growth_interval=3)
+    restored.load_state_dict(scale.state_dict())
+    assert (restored.scale, restored.good_steps) == (8.0, 1)
+    for _ in range(10):
+        scale.update(finite=False)
+    assert scale.scale == 1.0  # never below 1
+    with pytest.raises(PrecisionError, match="bad loss-scale state"):
+        restored.load_state_dict({"scale": "x", "good_steps": 0})
+
+
+def test_an_fp16_overflow_is_seen_in_the_gradient_norm_and_the_step_is_skipped():
+    config = ModelConfig.preset("squeezebert-tiny")
+    torch.manual_seed(1)
+    model = SqueezeBertForPretraining(config)
+    optimizer = Lamb(parameter_groups(model, 0.01), lr=1e-3)
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    optimizer.loss_scale = 2.0**60  # far beyond fp16's range (65504): the half-precision gradients overflow
+    with autocast(torch.device("cpu"), "fp16"):
+        loss = model(*random_batch(config, n=2, w=32)).loss
+    (loss * optimizer.loss_scale).backward()
+    assert torch.isfinite(loss) and not torch.isfinite(optimizer.gradient_norm())
+    optimizer.overflow = True  # what the trainer sets when the norm is not finite
+    optimizer.step()
+    assert all(torch.equal(before[name], value) for name, value in model.state_dict().items())
+    assert not optimizer.state  # LAMB's moments were never touched
