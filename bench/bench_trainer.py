@@ -3,7 +3,7 @@
     python bench/bench_trainer.py [--steps 8] [--rounds 6] [--models squeezebert-tiny squeezebert-base]
 
 For each model: the same global batch, micro-batch and accumulation, on shards of the real corpus. The bare
-step is forward + backward per micro-batch and a torch-optimizer LAMB step, on micro-batches built
+step is forward + backward per micro-batch and a LAMB step (the trainer's), on micro-batches built
 beforehand (no engine, no loader, no logging). This machine is shared and its speed drifts by 10-30%
 between runs, so the figure is made of two ratios, each measured side by side:
 

@@ -178,8 +178,10 @@ class RunConfig:
             phase.validate(f"phases.{index}")
         if self.max_steps_this_run < 0 or self.distributed_timeout_minutes <= 0:
             raise RunConfigError("max_steps_this_run must be >= 0 and distributed_timeout_minutes > 0")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise RunConfigError(f"precision = {self.precision!r}: choose auto, fp32, bf16 or fp16")
+        from .precision import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise RunConfigError(f"precision = {self.precision!r}: choose one of {PRECISIONS}")
         self.optimizer.validate()
         self.checkpoint.validate()
         self.logging.validate()
@@ -301,6 +303,9 @@ def deepspeed_config(phase: PhaseConfig, world_size: int, optimizer: OptimizerCo
         "bf16": {"enabled": False},
         "fp16": {"enabled": False},
         "steps_per_print": 10**9,  # the trainer logs; DeepSpeed's own prints would interleave
+        # DeepSpeed's throughput timer is on by default and synchronizes the device at every micro-step's
+        # forward and step: a host wait per micro-step. The trainer measures its own throughput.
+        "timers": {"throughput": {"enabled": False, "synchronized": False}},
         "wall_clock_breakdown": False,
     }
 

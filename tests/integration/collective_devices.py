@@ -8,8 +8,11 @@ made on the host by default (a factory call such as `torch.tensor([1])` with no 
 `device=`) is not marked. Each collective (all_reduce, broadcast, all_gather, ...) records whether its
 tensor carries the mark: on a GPU, such a tensor is a CPU tensor.
 
-Prints one JSON line on stdout: {"collectives": N, "host_made": [[op, caller], ...]} and exits with the
-trainer's code. Object collectives (all_gather_object) are not checked: torch moves their bytes to the
+It also counts the accelerator synchronizations DeepSpeed is asked for (`get_accelerator().synchronize`,
+a no-op on the CPU, a host wait on a GPU).
+
+Prints one JSON line on stdout: {"collectives": N, "host_made": [[op, caller], ...], "synchronize": N} and
+exits with the trainer's code. Object collectives (all_gather_object) are not checked: torch moves their bytes to the
 device the backend needs.
 """
 
@@ -62,7 +65,7 @@ def caller() -> str:
 
 
 def main() -> int:
-    report = {"collectives": 0, "host_made": []}
+    report = {"collectives": 0, "host_made": [], "synchronize": 0}
 
     def checked(name, original):
         def collective(*args, **kwargs):
@@ -75,6 +78,15 @@ def main() -> int:
 
     for name in COLLECTIVES:
         setattr(dist, name, checked(name, getattr(dist, name)))
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    synchronize = accelerator.synchronize
+
+    def counted_synchronize(*args, **kwargs):
+        report["synchronize"] += 1
+        return synchronize(*args, **kwargs)
+    accelerator.synchronize = counted_synchronize
     from pretrain.__main__ import main as pretrain_main
 
     with HostMade():

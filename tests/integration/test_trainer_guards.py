@@ -44,7 +44,7 @@ def lamb_steps(state) -> set:
     return {int(s["step"]) for s in state["optimizer"]["state"].values()}
 
 
-def test_every_collective_gets_a_tensor_made_on_the_engine_device(shard_root, tmp_path):
+def test_every_collective_gets_a_tensor_made_on_the_engine_device_and_nothing_synchronizes(shard_root, tmp_path):
     """On a GPU, NCCL refuses CPU tensors; on a CPU both are the same device, so the harness marks tensors
     made on the host by default and fails on any collective that receives one (the code before this test
     handed 19 such tensors to collectives in a 5-step run)."""
@@ -56,6 +56,9 @@ def test_every_collective_gets_a_tensor_made_on_the_engine_device(shard_root, tm
     assert report["host_made"] == []
     # 12 steps, each with the count and the sums all-reduced, the gradients, the evaluations, the saves
     assert report["collectives"] > 3 * 12
+    # DeepSpeed's throughput timer, on by default, synchronized the device at every micro-step (32 times in
+    # a 5-step run before it was turned off)
+    assert report["synchronize"] == 0
 
 
 def test_an_nccl_failure_ends_with_one_line(shard_root, tmp_path):

@@ -45,6 +45,7 @@ def test_derived_deepspeed_config(config_file):
     assert derived["zero_optimization"]["stage"] == 0
     # DeepSpeed stays fp32 and does not clip: autocast does the mixed precision, LAMB the global clipping
     assert not derived["bf16"]["enabled"] and not derived["fp16"]["enabled"] and derived["gradient_clipping"] == 0
+    assert derived["timers"]["throughput"] == {"enabled": False, "synchronized": False}  # no device sync per step
     assert gradient_accumulation(config.phases[1], 4) == 4
 
 
