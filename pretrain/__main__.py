@@ -74,23 +74,25 @@ def command_train(args: argparse.Namespace) -> int:
 
 
 def command_demo(args: argparse.Namespace) -> int:
+    import importlib.resources
     import os
     import subprocess
 
     from .config import load_config
     from .export import export_headless
+    from .model import PRESETS
     from .trainer import Trainer
 
     prep = subprocess.run([sys.executable, "-m", "data_prep", "demo", "--out", args.out])
     if prep.returncode:
         return prep.returncode
-    config_path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.toml")
-    config = load_config(config_path, [
-        f'phases.0.shards="{os.path.join(args.out, "shards", "seq128")}"',
-        f'phases.1.shards="{os.path.join(args.out, "shards", "seq512")}"',
-        f'checkpoint.dir="{os.path.join(args.out, "checkpoints")}"',
-        f'logging.dir="{os.path.join(args.out, "tensorboard")}"',
-    ])
+    with importlib.resources.as_file(PRESETS / "demo.toml") as config_path:  # shipped in the package
+        config = load_config(str(config_path), [
+            f'phases.0.shards="{os.path.join(args.out, "shards", "seq128")}"',
+            f'phases.1.shards="{os.path.join(args.out, "shards", "seq512")}"',
+            f'checkpoint.dir="{os.path.join(args.out, "checkpoints")}"',
+            f'logging.dir="{os.path.join(args.out, "tensorboard")}"',
+        ])
     trainer = Trainer(config)
     code = trainer.fit()
     trainer.close()
@@ -105,6 +107,9 @@ def command_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from data_prep.config import PrepError  # the status file's and the vocabulary copy's atomic writes
+
+    from .checkpoint import CheckpointError
     from .config import RunConfigError
     from .data import DataError
     from .export import ExportError
@@ -116,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         handlers = {"export": command_export, "train": command_train, "demo": command_demo}
         return handlers[args.command](args) or 0
-    except (ExportError, ConfigError, RunConfigError, DataError, PrecisionError) as error:
+    except (ExportError, ConfigError, RunConfigError, DataError, PrecisionError, CheckpointError, PrepError) as error:
         print(f"pretrain: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except TrainingDiverged as error:

@@ -18,6 +18,7 @@ kept so that any code drawing from the global generators resumes where it stoppe
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -27,10 +28,19 @@ import torch
 import torch.distributed as dist
 
 from data_prep.atomic import atomic_write_bytes, fsync_dir
+from data_prep.config import PrepError
 
 LATEST_FILE = "latest"
 TAG = "state"
 PREFIX = "step-"
+
+
+class CheckpointError(Exception):
+    """A checkpoint that could not be written (a full disk, a quota); the previous one stays `latest`."""
+
+
+def one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:240]
 
 
 def checkpoint_name(global_step: int) -> str:
@@ -96,29 +106,46 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
         if dist.is_initialized():
             dist.barrier()
-        engine.save_checkpoint(tmp, tag=TAG, client_state=client_state, save_latest=False)
-        os.makedirs(os.path.join(tmp, TAG), exist_ok=True)
-        torch.save(rng_state(), rng_file(tmp, self.rank))
+        with self._write_failures(tmp, final):
+            engine.save_checkpoint(tmp, tag=TAG, client_state=client_state, save_latest=False)
+            os.makedirs(os.path.join(tmp, TAG), exist_ok=True)
+            torch.save(rng_state(), rng_file(tmp, self.rank))
         if dist.is_initialized():
             dist.barrier()
         if self.rank == 0:
-            for root, _, files in os.walk(tmp):
-                for file_name in files:
-                    fd = os.open(os.path.join(root, file_name), os.O_RDONLY)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
-            if os.path.exists(final):  # the same step saved again (e.g. preempted right after a save)
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-            fsync_dir(self.directory)
-            atomic_write_bytes(os.path.join(self.directory, LATEST_FILE), (name + "\n").encode())
+            with self._write_failures(tmp, final):
+                for root, _, files in os.walk(tmp):
+                    for file_name in files:
+                        fd = os.open(os.path.join(root, file_name), os.O_RDONLY)
+                        try:
+                            os.fsync(fd)
+                        finally:
+                            os.close(fd)
+                if os.path.exists(final):  # the same step saved again (e.g. preempted right after a save)
+                    shutil.rmtree(final)
+                os.replace(tmp, final)
+                fsync_dir(self.directory)
+                atomic_write_bytes(os.path.join(self.directory, LATEST_FILE), (name + "\n").encode())
             for old in self.complete()[: -self.keep]:
                 shutil.rmtree(os.path.join(self.directory, old), ignore_errors=True)
         if dist.is_initialized():
             dist.barrier()
         return final
+
+    @contextlib.contextmanager
+    def _write_failures(self, tmp: str, final: str):
+        """A write that fails (full disk, quota, torch.save's RuntimeError for the same) becomes one
+        `CheckpointError`; the partial save is removed and `latest` still names the previous checkpoint."""
+        try:
+            yield
+        except (OSError, RuntimeError, PrepError) as error:
+            if isinstance(error, dist.DistError) or "gloo" in str(error).lower() or "nccl" in str(error).lower():
+                raise  # a lost peer, not a write: reported as such
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointError(
+                f"{final}: could not write this checkpoint ({one_line(error)}); the previous complete "
+                f"checkpoint is kept as {os.path.join(self.directory, LATEST_FILE)} names it: free space in "
+                f"{self.directory} and rerun the same command to resume") from None
 
     def load(self, engine, path: str) -> dict:
         _, client_state = engine.load_checkpoint(path, tag=TAG)

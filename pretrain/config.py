@@ -148,7 +148,7 @@ class LoggingConfig:
 @dataclass
 class RunConfig:
     model: str = "squeezebert-base"
-    """A preset in configs/model/ (squeezebert-base, squeezebert-tiny)."""
+    """A preset shipped in pretrain/presets/ (squeezebert-base, squeezebert-tiny)."""
     model_overrides: dict = field(default_factory=dict)
     """Preset fields to change, e.g. {hidden_dropout_prob = 0.0}; unknown names are an error."""
     init_from: str = ""

@@ -14,16 +14,17 @@ moves between the two with a prefix and nothing else: see `pretrain.export`.
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import json
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-PRESET_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "model")
+# Shipped inside the package (package data), so editable and wheel installs find them the same way.
+PRESETS = importlib.resources.files("pretrain") / "presets"
 
 
 class ConfigError(ValueError):
@@ -85,12 +86,11 @@ class ModelConfig:
 
     @classmethod
     def preset(cls, name: str) -> "ModelConfig":
-        path = os.path.join(PRESET_DIR, f"{name}.json")
-        if not os.path.isfile(path):
-            known = sorted(n[:-5] for n in os.listdir(PRESET_DIR) if n.endswith(".json"))
+        resource = PRESETS / f"{name}.json"
+        if not resource.is_file():
+            known = sorted(r.name[:-5] for r in PRESETS.iterdir() if r.name.endswith(".json"))
             raise ConfigError(f"model preset {name!r} not found; known presets: {known}")
-        with open(path, encoding="utf-8") as handle:
-            return cls.from_dict(json.load(handle), path)
+        return cls.from_dict(json.loads(resource.read_text(encoding="utf-8")), f"preset {name}")
 
 
 class GroupedPointwise(nn.Module):

@@ -5,6 +5,8 @@ bf16 autocast with fp32 weights, gradients and LAMB state. Real processes, the t
 import json
 import math
 import os
+import resource
+import signal
 import subprocess
 import sys
 
@@ -141,3 +143,47 @@ def test_bf16_autocast_keeps_weights_gradients_and_lamb_state_in_fp32(shard_root
     # the same run, computed in bf16: close to fp32, not equal
     differences = [abs(single["bf16"][s][0] - single["fp32"][s][0]) / single["fp32"][s][0] for s in range(1, 13)]
     assert 0 < max(differences) < 0.02
+
+
+def limit_file_size(limit):
+    """A file-size limit makes writes fail with EFBIG, as a full disk fails them with ENOSPC."""
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(shard_root, tmp_path):
+    command = train_command(shard_root, launcher=(sys.executable, "-m"))
+    first = subprocess.run([*command, "--set", "max_steps_this_run=3"], cwd=tmp_path, capture_output=True,
+                           text=True, timeout=300)
+    assert first.returncode == 75, first.stderr[-3000:]
+    full = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          preexec_fn=limit_file_size(1 << 20))  # the 6 MB model file of step 6 cannot be written
+    assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr[-3000:]
+    assert last_line(full).startswith("pretrain: error: checkpoints/step-00000006: could not write this checkpoint")
+    assert "the previous complete checkpoint is kept" in last_line(full)
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-00000003"
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["latest", "step-00000003"]  # nothing partial left
+    resumed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0 and "resumed from checkpoints/step-00000003" in resumed.stderr
+
+
+def test_a_full_disk_during_export_keeps_the_previous_export(shard_root, tmp_path):
+    trained = subprocess.run(train_command(shard_root), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    export = [sys.executable, "-m", "pretrain", "export", "--checkpoint", "checkpoints", "--out", "export"]
+    assert subprocess.run(export, cwd=tmp_path, capture_output=True, timeout=300).returncode == 0
+    before = (tmp_path / "export" / "model.safetensors").read_bytes()
+    full = subprocess.run(export, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          preexec_fn=limit_file_size(1 << 20))
+    assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr[-3000:]
+    assert last_line(full).startswith("pretrain: error: export: could not write")
+    assert "the previous one is kept" in last_line(full)
+    assert sorted(os.listdir(tmp_path / "export")) == ["config.json", "model.safetensors", "tokenizer.json",
+                                                       "tokenizer_config.json", "vocab.txt"]
+    assert (tmp_path / "export" / "model.safetensors").read_bytes() == before
+    assert not (tmp_path / "export.tmp").exists()
+    from transformers import SqueezeBertForSequenceClassification
+
+    SqueezeBertForSequenceClassification.from_pretrained(str(tmp_path / "export"))  # usable

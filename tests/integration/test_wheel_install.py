@@ -1,0 +1,67 @@
+"""A wheel install, not the editable one: built from a copy of the sources, installed into a fresh virtual
+environment, and run from a folder with no checkout in it (as in a container image or a cluster's shared
+environment). The model presets and the demo's config must come from the installed package."""
+
+import os
+import shutil
+import subprocess
+import sys
+
+from tests.conftest import ROOT, SAMPLE
+
+RUN_CONFIG = """
+model = "squeezebert-tiny"
+precision = "fp32"
+
+[[phases]]
+name = "phase1"
+shards = "shards/seq128"
+steps = 2
+global_batch = 8
+micro_batch = 4
+
+[checkpoint]
+dir = "checkpoints"
+
+[logging]
+dir = "runs"
+eval_every_steps = 0
+"""
+
+
+def test_a_wheel_install_runs_both_stages_with_no_checkout(tmp_path):
+    sources = tmp_path / "sources"
+    shutil.copytree(ROOT, sources, ignore=shutil.ignore_patterns(
+        ".git", "__pycache__", "*.egg-info", "build", "demo_out", "tests"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--wheel-dir", str(tmp_path / "dist"), str(sources)], check=True, capture_output=True)
+    (wheel,) = (tmp_path / "dist").glob("squeezebert_pretrain-*.whl")
+    shutil.rmtree(sources)  # nothing of the checkout is left to find
+    venv = tmp_path / "venv"
+    # torch, DeepSpeed and the rest come from this interpreter's site-packages; the project from the wheel
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    subprocess.run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--ignore-installed", str(wheel)],
+                   check=True, capture_output=True)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+
+    def run(*args):
+        result = subprocess.run([python, *args], cwd=work, capture_output=True, text=True, env=env, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result
+
+    where = run("-c", "import pretrain, data_prep; print(pretrain.__file__); print(data_prep.__file__)")
+    assert all(line.startswith(str(venv)) for line in where.stdout.split()), where.stdout
+    corpus = shutil.copytree(SAMPLE, work / "corpus")
+    run("-m", "data_prep", "vocab", "--source", str(corpus), "--out", "vocab", "--vocab-size", "4000")
+    run("-m", "data_prep", "shards", "--source", str(corpus), "--vocab", "vocab", "--out", "shards",
+        "--seq-len", "128", "--num-proc", "1", "--quiet")
+    (work / "run.toml").write_text(RUN_CONFIG)
+    trained = run("-m", "pretrain", "train", "--config", "run.toml")
+    assert "training complete" in trained.stderr
+    run("-m", "pretrain", "export", "--checkpoint", "checkpoints", "--out", "export")
+    assert (work / "export" / "config.json").is_file()
+    demo_config = run("-c", "from pretrain.model import PRESETS; print((PRESETS / 'demo.toml').read_text())")
+    assert "[[phases]]" in demo_config.stdout
