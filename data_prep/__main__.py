@@ -9,6 +9,9 @@ import argparse
 import os
 import sys
 
+from formats.errors import UserError
+from formats.layout import seq_folder, vocab_dir
+
 from .config import SPECIAL_TOKENS, PrepConfig, PrepError, parse_part
 
 EXIT_BAD_INPUT = 2
@@ -142,8 +145,9 @@ def command_shards(args: argparse.Namespace) -> None:
 
 
 def command_inspect(args: argparse.Namespace) -> None:
+    from formats.manifest import shard_set_folders
+
     from .inspect_shards import print_examples, print_stats, shard_set_stats
-    from .manifest import shard_set_folders
 
     for folder in shard_set_folders(args.dir):
         print_examples(folder, args.num_examples, args.json, args.vocab)
@@ -152,7 +156,7 @@ def command_inspect(args: argparse.Namespace) -> None:
 
 
 def command_verify(args: argparse.Namespace) -> int:
-    from .manifest import shard_set_folders, verify_folder
+    from formats.manifest import shard_set_folders, verify_folder
 
     failed = False
     for folder in shard_set_folders(args.dir):
@@ -171,22 +175,23 @@ def command_merge(args: argparse.Namespace) -> None:
     for seq_len, manifest in merged.items():
         totals = manifest["totals"]
         print(f"data_prep: merged {len(args.parts)} parts: seq{seq_len} {totals['examples']:,} examples in "
-              f"{totals['shards']} shards -> {os.path.join(args.out, f'seq{seq_len}')}", file=sys.stderr)
+              f"{totals['shards']} shards -> {seq_folder(args.out, seq_len)}", file=sys.stderr)
 
 
 def command_demo(args: argparse.Namespace) -> None:
     from .builtin_corpus import write_corpus
 
     corpus = write_corpus(os.path.join(args.out, "corpus", "python_docs.jsonl"))
-    vocab_dir = os.path.join(args.out, "vocab")
+    vocab_folder = vocab_dir(args.out)
     shards_dir = os.path.join(args.out, "shards")
     parser = build_parser()
     # The demo vocabulary is small (8192) so the tiny demo model trains quickly; the paper's is 30528.
-    command_vocab(parser.parse_args(["vocab", "--source", corpus, "--out", vocab_dir, "--vocab-size", "8192"]))
+    command_vocab(parser.parse_args(["vocab", "--source", corpus, "--out", vocab_folder, "--vocab-size", "8192"]))
     command_shards(parser.parse_args(
-        ["shards", "--source", corpus, "--vocab", vocab_dir, "--out", shards_dir, "--num-proc", str(args.num_proc)]
+        ["shards", "--source", corpus, "--vocab", vocab_folder, "--out", shards_dir, "--num-proc", str(args.num_proc)]
     ))
-    print(f"data_prep: demo done; look at the examples with: python -m data_prep inspect {shards_dir}/seq128")
+    print("data_prep: demo done; look at the examples with: python -m data_prep inspect "
+          f"{seq_folder(shards_dir, 128)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -195,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
                 "verify": command_verify, "merge": command_merge, "demo": command_demo}
     try:
         return handlers[args.command](args) or 0
-    except PrepError as error:
+    except UserError as error:  # bad input, unreadable shard sets, failed writes: one line
         print(f"data_prep: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as error:  # an environment failure no check foresaw: still one line, naming the file

@@ -15,7 +15,7 @@ import os
 import sysconfig
 import warnings
 
-from .atomic import atomic_write_bytes
+from formats.files import atomic_write_bytes
 
 MIN_PARAGRAPH_CHARS = 40  # drops signatures and one-word fragments that are not prose
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-
-class PrepError(Exception):
-    """Bad input or environment: the CLI prints the message on one line and exits non-zero."""
+from formats.errors import UserError
 
 
-FORMAT_VERSION = 1
+class PrepError(UserError):
+    """Bad input to data preparation: the CLI prints the message on one line and exits 2."""
 
 # Ids of the special tokens are looked up in the vocabulary, never assumed: an imported Google BERT
 # vocab.txt has [PAD]=0, [UNK]=100, [CLS]=101, ..., a vocabulary trained here has them at 0..4.

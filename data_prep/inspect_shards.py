@@ -8,20 +8,21 @@ import os
 import numpy as np
 import pyarrow.compute as pc
 
+from formats.layout import vocab_beside
+from formats.manifest import load_manifest
+from formats.shards import open_shard
+from formats.vocabulary import TOKENIZER_FILE
+
 from .config import PrepError
-from .manifest import load_manifest
-from .shards import open_shard
-from .tokenizer import TOKENIZER_FILE, load_vocab
+from .tokenizer import load_vocab
 
 
 def find_vocab(folder: str, vocab_dir: str | None) -> str:
-    candidates = [vocab_dir] if vocab_dir else [
-        os.path.join(folder, "vocab"), os.path.join(folder, "..", "vocab"), folder, os.path.join(folder, "..")
-    ]
-    for candidate in candidates:
-        if candidate and os.path.isfile(os.path.join(candidate, TOKENIZER_FILE)):
-            return candidate
-    raise PrepError(f"{folder}: no vocabulary found beside the shards; pass --vocab DIR")
+    """--vocab, else the vocabulary `data_prep shards` copies beside the shard sets (`formats.layout`)."""
+    candidate = vocab_dir or vocab_beside(folder)
+    if os.path.isfile(os.path.join(candidate, TOKENIZER_FILE)):
+        return candidate
+    raise PrepError(f"{folder}: no vocabulary at {candidate}; pass --vocab DIR")
 
 
 def iter_examples(folder: str, manifest: dict, count: int):

@@ -11,9 +11,11 @@ import json
 import os
 import shutil
 
-from .atomic import atomic_write_bytes
+from formats.files import atomic_write_bytes, commit
+from formats.layout import seq_folder, seq_lengths, vocab_dir
+from formats.manifest import build_manifest, load_manifest, records_from_manifest, write_manifest
+
 from .config import PrepError
-from .manifest import build_manifest, load_manifest, records_from_manifest, write_manifest
 from .pipeline import STATE_FILE, copy_vocab
 
 
@@ -27,7 +29,7 @@ def _link_or_copy(source: str, target: str) -> None:
         os.link(source, tmp)
     except OSError:  # another filesystem: copy
         shutil.copyfile(source, tmp)
-    os.replace(tmp, target)
+    commit(tmp, target)  # fsync, rename, fsync the folder
 
 
 def merge_parts(part_dirs: list[str], out_dir: str) -> dict[int, dict]:
@@ -35,8 +37,7 @@ def merge_parts(part_dirs: list[str], out_dir: str) -> dict[int, dict]:
         raise PrepError("--parts: give the output folders of the parts")
     seq_lens = None
     for part_dir in part_dirs:
-        found = sorted(int(n[3:]) for n in os.listdir(part_dir) if n.startswith("seq") and n[3:].isdigit()) \
-            if os.path.isdir(part_dir) else None
+        found = seq_lengths(part_dir) if os.path.isdir(part_dir) else None
         if not found:
             raise PrepError(f"--parts {part_dir}: no seq*/ shard sets there")
         if seq_lens is not None and found != seq_lens:
@@ -44,7 +45,7 @@ def merge_parts(part_dirs: list[str], out_dir: str) -> dict[int, dict]:
         seq_lens = found
     merged = {}
     for seq_len in seq_lens:
-        manifests = [load_manifest(os.path.join(d, f"seq{seq_len}")) for d in part_dirs]
+        manifests = [load_manifest(seq_folder(d, seq_len)) for d in part_dirs]
         first = manifests[0]
         count = first["part"]["count"]
         indices = [m["part"]["index"] for m in manifests]
@@ -68,16 +69,16 @@ def merge_parts(part_dirs: list[str], out_dir: str) -> dict[int, dict]:
         if units != list(range(len(units))):
             raise PrepError(f"--parts: units {sorted(set(range(units[-1] + 1)) - set(units))} of seq{seq_len} are "
                             "missing (a part was not finished?)")
-        folder = os.path.join(out_dir, f"seq{seq_len}")
+        folder = seq_folder(out_dir, seq_len)
         os.makedirs(folder, exist_ok=True)
         for part_dir, manifest in zip(part_dirs, manifests):
             for shard in manifest["shards"]:
-                _link_or_copy(os.path.join(part_dir, f"seq{seq_len}", shard["file"]),
+                _link_or_copy(os.path.join(seq_folder(part_dir, seq_len), shard["file"]),
                               os.path.join(folder, shard["file"]))
         config = {**first["config"], "part_index": 0, "part_count": 1}
         merged[seq_len] = build_manifest(seq_len, config, first["tokenizer"], records, (0, 1))
         write_manifest(folder, merged[seq_len])
-    copy_vocab(os.path.join(part_dirs[0], "vocab"), out_dir)
+    copy_vocab(vocab_dir(part_dirs[0]), out_dir)
     state = {"config": merged[seq_lens[0]]["config"], "tokenizer": merged[seq_lens[0]]["tokenizer"]}
     atomic_write_bytes(os.path.join(out_dir, STATE_FILE), (json.dumps(state, indent=1) + "\n").encode("utf-8"))
     return merged

@@ -31,14 +31,18 @@ from typing import Iterator
 
 import numpy as np
 
-from .atomic import TMP_SUFFIX, atomic_write_bytes, file_sha256, remove_quietly
+from formats.files import TMP_SUFFIX, atomic_write_bytes, file_sha256, remove_quietly
+from formats.layout import seq_folder
+from formats.layout import vocab_dir as vocab_dir_of
+from formats.manifest import MANIFEST_FILE, build_manifest, load_manifest, write_manifest
+from formats.shards import SHARD_PATTERN, build_table, write_shard
+from formats.vocabulary import TOKENIZER_FILE, copy_vocab_files
+
 from .config import PrepConfig, PrepError
 from .examples import assemble, pair_document
-from .manifest import MANIFEST_FILE, build_manifest, load_manifest, write_manifest
 from .sentences import split_sentences
-from .shards import SHARD_PATTERN, build_table, write_shard
 from .sources import Document, DocumentReader, SkipCounter, parse_source, total_input_bytes
-from .tokenizer import TOKENIZER_FILE, copy_vocab_files, load_vocab, special_token_ids
+from .tokenizer import load_vocab, special_token_ids
 
 STATE_FILE = "prep_config.json"
 PROGRESS_DIR = ".progress"
@@ -170,12 +174,12 @@ def process_unit(unit_index: int, documents: list[Document], reader_skips: dict)
                 dropped += doc_dropped
         ids, offsets, a_lengths, labels = assemble(tokens, spans, special["[CLS]"], special["[SEP]"])
         table = build_table(ids, offsets, a_lengths, labels, _worker["vocab_size"])
-        folder = os.path.join(_worker["out_dir"], f"seq{seq_len}")
+        folder = seq_folder(_worker["out_dir"], seq_len)
         record["shards"][str(seq_len)] = write_shard(os.path.join(folder, SHARD_PATTERN.format(unit_index)), table)
         record["dropped_chunks"][str(seq_len)] = dropped
     data = json.dumps(record, sort_keys=True).encode("utf-8")
     for seq_len in config.seq_lens:  # the unit counts as done once its record is in every folder
-        progress = os.path.join(_worker["out_dir"], f"seq{seq_len}", PROGRESS_DIR)
+        progress = os.path.join(seq_folder(_worker["out_dir"], seq_len), PROGRESS_DIR)
         atomic_write_bytes(os.path.join(progress, f"unit-{unit_index:06d}.json"), data)
     return json.loads(data)  # the same form a resumed run reads back, so manifests match byte for byte
 
@@ -215,7 +219,7 @@ class OutputFolder:
         else:
             atomic_write_bytes(state_path, (json.dumps(state, indent=1) + "\n").encode("utf-8"))
         for seq_len in config.seq_lens:
-            folder = os.path.join(out_dir, f"seq{seq_len}")
+            folder = seq_folder(out_dir, seq_len)
             os.makedirs(os.path.join(folder, PROGRESS_DIR), exist_ok=True)
             for stale in glob.glob(os.path.join(folder, f"*{TMP_SUFFIX}")):
                 remove_quietly(stale)  # an interrupted write; the unit is redone
@@ -223,7 +227,7 @@ class OutputFolder:
     def finished_record(self, unit_index: int, seq_lens: list[int]) -> dict | None:
         record = None
         for seq_len in seq_lens:
-            folder = os.path.join(self.out_dir, f"seq{seq_len}")
+            folder = seq_folder(self.out_dir, seq_len)
             path = os.path.join(folder, PROGRESS_DIR, f"unit-{unit_index:06d}.json")
             try:
                 with open(path, encoding="utf-8") as handle:
@@ -238,7 +242,7 @@ class OutputFolder:
 
 def copy_vocab(vocab_dir: str, out_dir: str) -> None:
     """The shard set carries its vocabulary, so `inspect` and the trainer need no other path."""
-    copy_vocab_files(vocab_dir, os.path.join(out_dir, "vocab"))
+    copy_vocab_files(vocab_dir, vocab_dir_of(out_dir))
 
 
 def tokenizer_info(vocab_dir: str) -> dict:
@@ -258,7 +262,7 @@ def run_shards(config: PrepConfig, vocab_dir: str, out_dir: str, num_proc: int, 
     output = OutputFolder(out_dir, config, info)
     if progress:
         print(f"data_prep: resolved config {json.dumps(config.to_dict())} num_proc={num_proc}", file=sys.stderr)
-    folders = {n: os.path.join(out_dir, f"seq{n}") for n in config.seq_lens}
+    folders = {n: seq_folder(out_dir, n) for n in config.seq_lens}
     if all(os.path.isfile(os.path.join(f, MANIFEST_FILE)) for f in folders.values()) and not any(
         os.listdir(os.path.join(f, PROGRESS_DIR))
         for f in folders.values() if os.path.isdir(os.path.join(f, PROGRESS_DIR))
@@ -383,7 +387,7 @@ class Progress:
             lines.append(
                 f"  seq{seq_len}: {totals['examples']:,} examples, {totals['tokens']:,} tokens "
                 f"in {totals['shards']} shards"
-                f" -> {os.path.join(out_dir, f'seq{seq_len}')}"
+                f" -> {seq_folder(out_dir, seq_len)}"
             )
         if first["skipped"]:
             lines.append("  skipped: " + ", ".join(f"{k}={v:,}" for k, v in first["skipped"].items()))

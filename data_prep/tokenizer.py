@@ -14,11 +14,11 @@ from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, process
 from tokenizers.models import WordPiece
 from tokenizers.trainers import WordPieceTrainer
 
-from .atomic import atomic_write_bytes
+from formats.files import atomic_write_bytes
+from formats.vocabulary import TOKENIZER_FILE, VOCAB_FILE, copy_vocab_files  # noqa: F401 (re-exported)
+
 from .config import SPECIAL_TOKENS, PrepError
 
-TOKENIZER_FILE = "tokenizer.json"
-VOCAB_FILE = "vocab.txt"
 DEFAULT_VOCAB_SIZE = 30528  # BERT's 30522 rounded up to a multiple of 64 (the paper's size)
 
 
@@ -81,16 +81,6 @@ def save_vocab(tokenizer: Tokenizer, out_dir: str) -> None:
     os.makedirs(out_dir, exist_ok=True)
     atomic_write_bytes(os.path.join(out_dir, TOKENIZER_FILE), tokenizer.to_str(pretty=True).encode("utf-8"))
     atomic_write_bytes(os.path.join(out_dir, VOCAB_FILE), vocab_lines(tokenizer))
-
-
-def copy_vocab_files(vocab_dir: str, target_dir: str) -> None:
-    """Copy `tokenizer.json` and `vocab.txt` (those present) into `target_dir`, atomically."""
-    os.makedirs(target_dir, exist_ok=True)
-    for name in (TOKENIZER_FILE, VOCAB_FILE):
-        source = os.path.join(vocab_dir, name)
-        if os.path.isfile(source):
-            with open(source, "rb") as handle:
-                atomic_write_bytes(os.path.join(target_dir, name), handle.read())
 
 
 def load_vocab(vocab_dir: str) -> Tokenizer:

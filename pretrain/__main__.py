@@ -78,6 +78,8 @@ def command_demo(args: argparse.Namespace) -> int:
     import os
     import subprocess
 
+    from formats.layout import seq_folder, vocab_dir
+
     from .config import load_config
     from .export import export_headless
     from .model import PRESETS
@@ -88,8 +90,8 @@ def command_demo(args: argparse.Namespace) -> int:
         return prep.returncode
     with importlib.resources.as_file(PRESETS / "demo.toml") as config_path:  # shipped in the package
         config = load_config(str(config_path), [
-            f'phases.0.shards="{os.path.join(args.out, "shards", "seq128")}"',
-            f'phases.1.shards="{os.path.join(args.out, "shards", "seq512")}"',
+            f'phases.0.shards="{seq_folder(os.path.join(args.out, "shards"), 128)}"',
+            f'phases.1.shards="{seq_folder(os.path.join(args.out, "shards"), 512)}"',
             f'checkpoint.dir="{os.path.join(args.out, "checkpoints")}"',
             f'logging.dir="{os.path.join(args.out, "tensorboard")}"',
         ])
@@ -99,7 +101,7 @@ def command_demo(args: argparse.Namespace) -> int:
     if code:
         return code
     export_dir = os.path.join(args.out, "export")
-    export_headless(trainer.model, export_dir, os.path.join(args.out, "vocab"))
+    export_headless(trainer.model, export_dir, vocab_dir(args.out))
     print(f"pretrain: demo done.\n  TensorBoard: tensorboard --logdir {config.logging.dir}\n"
           f"  headless transformers model: {export_dir} (SqueezeBertForSequenceClassification.from_pretrained)",
           file=sys.stderr)
@@ -107,21 +109,15 @@ def command_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from data_prep.config import PrepError  # the status file's and the vocabulary copy's atomic writes
+    from formats.errors import UserError
 
-    from .checkpoint import CheckpointError
-    from .config import RunConfigError
-    from .data import DataError
-    from .export import ExportError
-    from .model import ConfigError
-    from .precision import PrecisionError
     from .trainer import TrainingDiverged
 
     args = build_parser().parse_args(argv)
     try:
         handlers = {"export": command_export, "train": command_train, "demo": command_demo}
         return handlers[args.command](args) or 0
-    except (ExportError, ConfigError, RunConfigError, DataError, PrecisionError, CheckpointError, PrepError) as error:
+    except UserError as error:  # every stage's bad input and failed writes: one line
         print(f"pretrain: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except TrainingDiverged as error:

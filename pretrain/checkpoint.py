@@ -22,25 +22,28 @@ import contextlib
 import os
 import random
 import shutil
+import time
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from data_prep.atomic import atomic_write_bytes, fsync_dir
-from data_prep.config import PrepError
+from formats.errors import UserError, one_line
+from formats.files import atomic_write_bytes, fsync_dir
+
+from .config import CheckpointConfig
 
 LATEST_FILE = "latest"
 TAG = "state"
 PREFIX = "step-"
+MODEL_STATES_FILE = "mp_rank_00_model_states.pt"  # DeepSpeed's name for the weights (and, ZeRO 0, LAMB's state)
+# keys of the client state the trainer stores beside DeepSpeed's, that readers of a checkpoint use
+MODEL_CONFIG_KEY = "model_config"
+VOCAB_DIR_KEY = "vocab_dir"
 
 
-class CheckpointError(Exception):
+class CheckpointError(UserError):
     """A checkpoint that could not be written (a full disk, a quota); the previous one stays `latest`."""
-
-
-def one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())[:240]
 
 
 def checkpoint_name(global_step: int) -> str:
@@ -67,10 +70,16 @@ def rng_file(path: str, rank: int) -> str:
 
 
 class Checkpointer:
-    def __init__(self, directory: str, keep: int, rank: int) -> None:
-        self.directory = directory
-        self.keep = keep
+    """Owns the checkpoints: their layout, when to save (`due`), keeping the last K, and reading them."""
+
+    def __init__(self, config: CheckpointConfig, rank: int) -> None:
+        self.directory = config.dir
+        self.keep = config.keep
+        self.every_steps = config.every_steps
+        self.every_minutes = config.every_minutes
         self.rank = rank
+        self.last_save_time = time.monotonic()
+        directory = self.directory
         if rank == 0:
             os.makedirs(directory, exist_ok=True)
             for name in os.listdir(directory):
@@ -78,6 +87,18 @@ class Checkpointer:
                     shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
         if dist.is_initialized():
             dist.barrier()
+
+    def clock_due(self) -> bool:
+        """Rank 0's wall clock says a save is due (`every_minutes`). Clocks differ between ranks, so the
+        trainer carries rank 0's answer to every rank in the step's all-reduce and passes it to `due`."""
+        every = self.every_minutes
+        return bool(every) and self.rank == 0 and time.monotonic() - self.last_save_time >= every * 60
+
+    def due(self, global_step: int, phase_ended: bool, clock_due_on_rank0: bool) -> bool:
+        """Save at a phase end, every `every_steps` optimizer steps, or when rank 0's clock says so."""
+        if phase_ended or clock_due_on_rank0:
+            return True
+        return bool(self.every_steps) and global_step % self.every_steps == 0
 
     def complete(self) -> list[str]:
         """Names of complete checkpoints, oldest first."""
@@ -130,6 +151,7 @@ class Checkpointer:
                 shutil.rmtree(os.path.join(self.directory, old), ignore_errors=True)
         if dist.is_initialized():
             dist.barrier()
+        self.last_save_time = time.monotonic()
         return final
 
     @contextlib.contextmanager
@@ -138,7 +160,7 @@ class Checkpointer:
         `CheckpointError`; the partial save is removed and `latest` still names the previous checkpoint."""
         try:
             yield
-        except (OSError, RuntimeError, PrepError) as error:
+        except (OSError, RuntimeError, UserError) as error:
             if isinstance(error, dist.DistError) or "gloo" in str(error).lower() or "nccl" in str(error).lower():
                 raise  # a lost peer, not a write: reported as such
             shutil.rmtree(tmp, ignore_errors=True)
@@ -152,3 +174,22 @@ class Checkpointer:
         if os.path.isfile(rng_file(path, self.rank)):  # a rank the saving run did not have keeps its seed
             set_rng_state(torch.load(rng_file(path, self.rank), weights_only=False))
         return client_state
+
+
+def is_checkpoint(path: str) -> bool:
+    """A checkpoint dir (with `latest`) or one `step-N/` folder of one."""
+    return os.path.isfile(os.path.join(path, LATEST_FILE)) or os.path.isdir(os.path.join(path, TAG))
+
+
+def read_trained_model(path: str) -> tuple[dict, dict, str | None]:
+    """The weights, model config and vocabulary folder of a checkpoint, without DeepSpeed or a process group:
+    `path` is a checkpoint dir (its `latest` is read) or one `step-N/` folder."""
+    pointer = os.path.join(path, LATEST_FILE)
+    if os.path.isfile(pointer):
+        with open(pointer, encoding="utf-8") as handle:
+            path = os.path.join(path, handle.read().strip())
+    states_path = os.path.join(path, TAG, MODEL_STATES_FILE)
+    if not os.path.isfile(states_path):
+        raise CheckpointError(f"--checkpoint {path}: no complete checkpoint there ({TAG}/{MODEL_STATES_FILE})")
+    states = torch.load(states_path, map_location="cpu", weights_only=False)
+    return states["module"], states[MODEL_CONFIG_KEY], states.get(VOCAB_DIR_KEY)

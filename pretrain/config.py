@@ -13,13 +13,15 @@ import sys
 import typing
 from dataclasses import dataclass, field
 
+from formats.errors import UserError
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
 
-class RunConfigError(ValueError):
+class RunConfigError(UserError):
     """A configuration that cannot run; the message names the key or file and what to do."""
 
 

@@ -1,6 +1,6 @@
 """Training data: memory-mapped shard sets, the epoch order, dynamic masking, and the loader.
 
-Contract (DESIGN.md): the example behind global sample index `g` and its masks are functions of
+Contract (docs/design.md): the example behind global sample index `g` and its masks are functions of
 (seed, epoch, g) alone. Epoch `e = g // N` is a seeded permutation of the N examples; step `s` of a run
 with global batch B consumes samples [s*B, (s+1)*B), and each rank builds only its slice of them. So the
 data a step sees does not depend on the world size, the micro-batch, the number of loader workers, or on
@@ -22,27 +22,24 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from data_prep.atomic import file_sha256
-from data_prep.config import PrepError
-from data_prep.manifest import MANIFEST_FILE, load_manifest
-from data_prep.shards import open_shard
+from formats.errors import FormatError, UserError
+from formats.files import file_sha256
+from formats.manifest import MANIFEST_FILE, load_manifest
+from formats.shards import open_shard
 
 IGNORE_INDEX = -100
 PAD_TO_MULTIPLE = 8  # micro-batches are padded to their longest example, rounded up for matmul tiles
 
 
-class DataError(ValueError):
-    """Shards that cannot be used; the message names the folder or file."""
+class DataError(UserError):
+    """Shards that cannot be used for training; the message names the folder or file."""
 
 
 class ShardSet:
     """All shards of one `seqN/` folder, memory-mapped; `example(i)` is O(log #record batches)."""
 
     def __init__(self, folder: str) -> None:
-        try:
-            self.manifest = load_manifest(folder)
-        except PrepError as error:
-            raise DataError(str(error)) from None
+        self.manifest = load_manifest(folder)  # a FormatError names the folder and what is wrong
         self.folder = folder
         self.seq_len: int = self.manifest["seq_len"]
         self.vocab_size: int = self.manifest["tokenizer"]["vocab_size"]
@@ -57,8 +54,8 @@ class ShardSet:
             path = os.path.join(folder, shard["file"])
             try:
                 table = open_shard(path)
-            except PrepError as error:
-                raise DataError(f"{error}; run `python -m data_prep verify {folder}`") from None
+            except FormatError as error:
+                raise FormatError(f"{error}; run `python -m data_prep verify {folder}`") from None
             if table.num_rows != shard["examples"]:
                 raise DataError(f"{path}: {table.num_rows} examples, manifest says {shard['examples']}; "
                                 f"run `python -m data_prep verify {folder}`")

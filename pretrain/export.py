@@ -24,10 +24,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from data_prep.atomic import fsync_dir
-from data_prep.config import PrepError
-from data_prep.tokenizer import copy_vocab_files
+from formats.errors import UserError, one_line
+from formats.files import fsync_dir
+from formats.layout import VOCAB_DIR
+from formats.vocabulary import VOCAB_FILE, copy_vocab_files
 
+from .checkpoint import is_checkpoint, read_trained_model
 from .heads import SqueezeBertForPretraining
 from .model import ModelConfig
 
@@ -42,7 +44,7 @@ TRANSFORMERS_CONFIG_KEYS = [
 SOP_PREFIX = "sop_classifier."
 
 
-class ExportError(ValueError):
+class ExportError(UserError):
     """A checkpoint or folder that cannot be read or written; the message names it."""
 
 
@@ -80,7 +82,7 @@ def _write_json(path: str, values: dict) -> None:
 
 
 def check_vocab(vocab_dir: str, config: ModelConfig) -> None:
-    vocab_txt = os.path.join(vocab_dir, "vocab.txt")
+    vocab_txt = os.path.join(vocab_dir, VOCAB_FILE)
     if not os.path.isfile(vocab_txt):
         raise ExportError(f"--vocab {vocab_dir}: no vocab.txt there")
     with open(vocab_txt, encoding="utf-8") as handle:
@@ -119,9 +121,9 @@ def _folder_written_whole(out_dir: str):
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-    except (OSError, RuntimeError, SafetensorError, PrepError) as error:
+    except (OSError, RuntimeError, SafetensorError, UserError) as error:
         shutil.rmtree(tmp_dir, ignore_errors=True)
-        reason = " ".join(str(error).split())[:200]
+        reason = one_line(error)
         kept = "the previous one is kept; " if os.path.isdir(out_dir) else ""
         raise ExportError(f"{out_dir}: could not write ({reason}); {kept}free space and rerun") from None
     shutil.rmtree(old_dir, ignore_errors=True)
@@ -150,7 +152,7 @@ def save_model_folder(model: SqueezeBertForPretraining, out_dir: str, vocab_dir:
         save_file(state, os.path.join(tmp_dir, WEIGHTS_FILE), metadata={"format": "pt"})
         _write_json(os.path.join(tmp_dir, MODEL_CONFIG_FILE), model.config.to_dict())
         if vocab_dir:
-            copy_vocab_files(vocab_dir, os.path.join(tmp_dir, "vocab"))
+            copy_vocab_files(vocab_dir, os.path.join(tmp_dir, VOCAB_DIR))
 
 
 def _load_weights(folder: str) -> dict[str, torch.Tensor]:
@@ -206,31 +208,22 @@ def load_model_folder(folder: str) -> SqueezeBertForPretraining:
 
 def load_training_checkpoint(path: str) -> tuple[SqueezeBertForPretraining, str | None]:
     """The model of a trainer checkpoint: a `step-N/` folder, or a checkpoint dir (its `latest`)."""
-    pointer = os.path.join(path, "latest")
-    if os.path.isfile(pointer):
-        with open(pointer, encoding="utf-8") as handle:
-            path = os.path.join(path, handle.read().strip())
-    states_path = os.path.join(path, "state", "mp_rank_00_model_states.pt")
-    if not os.path.isfile(states_path):
-        raise ExportError(f"--checkpoint {path}: no complete checkpoint there (state/mp_rank_00_model_states.pt)")
-    states = torch.load(states_path, map_location="cpu", weights_only=False)
-    config = ModelConfig.from_dict(states["model_config"], states_path)
-    model = SqueezeBertForPretraining(config)
-    model.load_state_dict(states["module"])
-    vocab = states.get("vocab_dir")
-    return model, vocab if vocab and os.path.isfile(os.path.join(vocab, "vocab.txt")) else None
+    weights, model_config, vocab = read_trained_model(path)
+    model = SqueezeBertForPretraining(ModelConfig.from_dict(model_config, f"--checkpoint {path}"))
+    model.load_state_dict(weights)
+    return model, vocab if vocab and os.path.isfile(os.path.join(vocab, VOCAB_FILE)) else None
 
 
 def load_any(path: str) -> tuple[SqueezeBertForPretraining, str | None]:
     """A model from a trainer checkpoint, a project model folder or a transformers folder, and its
     vocabulary folder if known."""
-    if os.path.isfile(os.path.join(path, "latest")) or os.path.isdir(os.path.join(path, "state")):
+    if is_checkpoint(path):
         return load_training_checkpoint(path)
     if os.path.isfile(os.path.join(path, MODEL_CONFIG_FILE)):
-        vocab = os.path.join(path, "vocab")
+        vocab = os.path.join(path, VOCAB_DIR)
         return load_model_folder(path), vocab if os.path.isdir(vocab) else None
     if os.path.isfile(os.path.join(path, "config.json")):
         model, _missing = import_transformers(path)
-        return model, path if os.path.isfile(os.path.join(path, "vocab.txt")) else None
+        return model, path if os.path.isfile(os.path.join(path, VOCAB_FILE)) else None
     raise ExportError(f"--checkpoint {path}: not a trainer checkpoint (latest, state/), a model folder "
                       f"({MODEL_CONFIG_FILE}) nor a transformers folder (config.json)")

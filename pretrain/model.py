@@ -23,11 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from formats.errors import UserError
+
 # Shipped inside the package (package data), so editable and wheel installs find them the same way.
 PRESETS = importlib.resources.files("pretrain") / "presets"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """A model config that cannot work; the message names the field."""
 
 

@@ -21,11 +21,13 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from formats.errors import UserError
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class PrecisionError(ValueError):
+class PrecisionError(UserError):
     """A precision this device cannot run; the message names the key."""
 
 

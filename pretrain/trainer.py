@@ -37,7 +37,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .checkpoint import Checkpointer
+from formats.errors import UserError
+from formats.layout import vocab_beside
+
+from .checkpoint import MODEL_CONFIG_KEY, VOCAB_DIR_KEY, Checkpointer
 from .config import RunConfig, RunConfigError, deepspeed_config, gradient_accumulation
 from .data import Batcher, MaskingConfig, MicroBatches, ShardSet
 from .heads import SqueezeBertForPretraining
@@ -134,8 +137,8 @@ def open_phase_data(config: RunConfig, model_config: ModelConfig) -> list[Batche
     for index, phase in enumerate(config.phases):
         try:
             shards = ShardSet(phase.shards)
-        except Exception as error:
-            raise RunConfigError(f"phases.{index}.shards: {error}") from None
+        except UserError as error:  # the same error, told which key named the folder
+            raise type(error)(f"phases.{index}.shards: {error}") from None
         if shards.vocab_size > model_config.vocab_size:
             raise RunConfigError(
                 f"phases.{index}.shards: vocabulary of {shards.vocab_size} wordpieces, the model has "
@@ -187,14 +190,13 @@ class Trainer:
             self.loss_scale = DynamicLossScale(config.optimizer.initial_loss_scale,
                                                config.optimizer.loss_scale_growth_interval)
         self.state = TrainerState()
-        self.checkpointer = Checkpointer(config.checkpoint.dir, config.checkpoint.keep, self.rank)
+        self.checkpointer = Checkpointer(config.checkpoint, self.rank)
         self.preemption = Preemption()
         self.writer = None
         if self.rank == 0:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(config.logging.dir)
-        self.last_save_time = time.monotonic()
 
     # -- checkpoints -------------------------------------------------------------------------------
 
@@ -202,8 +204,8 @@ class Trainer:
         return {
             "trainer": self.state.state_dict(),
             "config": self.config.to_dict(),
-            "model_config": self.model.config.to_dict(),
-            "vocab_dir": os.path.join(os.path.dirname(os.path.abspath(self.config.phases[0].shards)), "vocab"),
+            MODEL_CONFIG_KEY: self.model.config.to_dict(),
+            VOCAB_DIR_KEY: vocab_beside(self.config.phases[0].shards),
             "shards": [b.shards.fingerprint for b in self.batchers],
             "world_size": self.world_size,
             "loss_scale": self.loss_scale.state_dict() if self.loss_scale else None,
@@ -215,7 +217,6 @@ class Trainer:
             raise TrainingDiverged(f"global step {self.state.global_step}: the parameters are not finite, so no "
                                    "checkpoint was written; the last complete one is kept")
         path = self.checkpointer.save(self.engine, self.state.global_step, self.client_state())
-        self.last_save_time = time.monotonic()
         self.log_line(f"saved {path}")
 
     def resume(self) -> None:
@@ -295,7 +296,7 @@ class Trainer:
         even when its launcher's exit code says otherwise."""
         path = os.environ.get("PRETRAIN_STATUS_FILE")
         if path and os.environ.get("LOCAL_RANK", "0") == "0":
-            from data_prep.atomic import atomic_write_bytes
+            from formats.files import atomic_write_bytes
 
             atomic_write_bytes(path, f"{state} {self.state.global_step}\n".encode())
 
@@ -351,7 +352,8 @@ class Trainer:
             self.steps_this_run += 1
             budget_spent = bool(budget) and self.steps_this_run >= budget
             stop = metrics.pop("preempt") or (budget_spent and self.state.step_in_phase < phase.steps)
-            if stop or self.should_save(phase, metrics.pop("save_due")):
+            if stop or self.checkpointer.due(self.state.global_step, self.state.step_in_phase == phase.steps,
+                                             metrics.pop("save_due")):
                 self.save()
             if stop:
                 reason = "step budget of this run spent" if budget_spent else "preempted"
@@ -375,20 +377,6 @@ class Trainer:
                 f"global step {state.global_step}: the loss or the gradient norm was not finite for {limit} steps "
                 f"in a row (optimizer.max_consecutive_skips); the last complete checkpoint in "
                 f"{self.config.checkpoint.dir} is kept: lower the learning rate or check the data, then resume")
-
-    def save_due_by_time(self) -> bool:
-        every = self.config.checkpoint.every_minutes
-        return bool(every) and self.rank == 0 and time.monotonic() - self.last_save_time >= every * 60
-
-    def should_save(self, phase, due_by_time: bool) -> bool:
-        """At a phase end, every `every_steps`, or when rank 0's clock says so (wall clocks differ between
-        ranks, so rank 0's flag travels in the step's all-reduce and every rank agrees)."""
-        every = self.config.checkpoint
-        if self.state.step_in_phase == phase.steps:
-            return True
-        if every.every_steps and self.state.global_step % every.every_steps == 0:
-            return True
-        return due_by_time
 
     def to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -422,7 +410,7 @@ class Trainer:
         gradient_norm = self.optimizer.gradient_norm()  # the last backward all-reduced the gradients
         # read at the end of the step, so a signal that arrived during it is acted on now
         host = [masked, float(lengths.sum()), float(lengths.square().sum()), float(self.preemption.requested),
-                float(self.save_due_by_time())]
+                float(self.checkpointer.clock_due())]
         reduced = torch.cat([sums, device_vector(host, self.device), gradient_norm.double().square().view(1)])
         if dist.is_initialized():
             dist.all_reduce(reduced)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from formats.errors import FormatError
 from pretrain.data import Batcher, DataError, MaskingConfig, MicroBatches, ShardSet, rank_slice
 
 
@@ -118,7 +119,7 @@ def test_bad_data_settings(shards, tmp_path):
     batcher = Batcher(shards, seed=1, masking=MaskingConfig())
     with pytest.raises(DataError, match="not a multiple of micro-batch"):
         MicroBatches(batcher, global_batch=10, micro_batch=4, rank=0, world_size=1, start_step=0, total_steps=1)
-    with pytest.raises(DataError, match="manifest.json"):
+    with pytest.raises(FormatError, match="manifest.json"):
         ShardSet(str(tmp_path))
     with pytest.raises(DataError, match="max_predictions"):
         MaskingConfig(max_predictions=0)

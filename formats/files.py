@@ -11,20 +11,20 @@ import hashlib
 import os
 import socket
 
-from .config import PrepError
+from .errors import FileWriteError
 
 TMP_SUFFIX = ".tmp"
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
 
-def write_error(path: str, error: OSError) -> PrepError:
+def write_error(path: str, error: OSError) -> FileWriteError:
     """The one-line error for a failed write of `path`."""
     if error.errno in DISK_FULL_ERRNOS:
-        return PrepError(
+        return FileWriteError(
             f"{path}: disk full while writing ({error.strerror}); free space and rerun the same command: "
             "finished work is kept"
         )
-    return PrepError(f"{path}: cannot write ({error.strerror})")
+    return FileWriteError(f"{path}: cannot write ({error.strerror})")
 
 
 def fsync_dir(path: str) -> None:

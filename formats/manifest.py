@@ -1,6 +1,6 @@
 """The manifest of a shard set, and `verify`.
 
-`manifest.json` in each `seqN/` folder is the set's contract with the trainer (DESIGN.md): format version,
+`manifest.json` in each `seqN/` folder is the set's contract with the trainer (docs/design.md): format version,
 the resolved prep config, tokenizer hash, vocab size and special-token ids, seed, per-shard example and
 token counts with size and sha256, and the counts of every input that was skipped and why. It holds
 nothing that depends on the machine, the time or the number of worker processes, so two runs on the same
@@ -15,11 +15,12 @@ from collections import Counter
 
 import pyarrow.compute as pc
 
-from .atomic import atomic_write_bytes, file_sha256
-from .config import FORMAT_VERSION, PrepError
+from .errors import FormatError
+from .files import atomic_write_bytes, file_sha256
 from .shards import open_shard, schema
 
 MANIFEST_FILE = "manifest.json"
+FORMAT_VERSION = 1
 
 
 def build_manifest(
@@ -83,14 +84,14 @@ def write_manifest(folder: str, manifest: dict) -> None:
 def load_manifest(folder: str) -> dict:
     path = os.path.join(folder, MANIFEST_FILE)
     if not os.path.isfile(path):
-        raise PrepError(f"{folder}: no {MANIFEST_FILE}; not a finished shard set (rerun `data_prep shards`)")
+        raise FormatError(f"{folder}: no {MANIFEST_FILE}; not a finished shard set (rerun `data_prep shards`)")
     try:
         with open(path, encoding="utf-8") as handle:
             manifest = json.load(handle)
     except (OSError, ValueError) as error:
-        raise PrepError(f"{path}: unreadable manifest ({error})") from None
+        raise FormatError(f"{path}: unreadable manifest ({error})") from None
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise PrepError(
+        raise FormatError(
             f"{path}: format version {manifest.get('format_version')}, this tool reads {FORMAT_VERSION}"
         )
     return manifest
@@ -101,14 +102,14 @@ def shard_set_folders(path: str) -> list[str]:
     if os.path.isfile(os.path.join(path, MANIFEST_FILE)):
         return [path]
     if not os.path.isdir(path):
-        raise PrepError(f"{path}: no such folder")
+        raise FormatError(f"{path}: no such folder")
     found = sorted(
         os.path.join(path, name)
         for name in os.listdir(path)
         if name.startswith("seq") and os.path.isfile(os.path.join(path, name, MANIFEST_FILE))
     )
     if not found:
-        raise PrepError(f"{path}: no {MANIFEST_FILE} here nor in seq*/ subfolders")
+        raise FormatError(f"{path}: no {MANIFEST_FILE} here nor in seq*/ subfolders")
     return found
 
 
@@ -131,7 +132,7 @@ def verify_folder(folder: str) -> list[str]:
             continue
         try:
             table = open_shard(path)
-        except PrepError as error:
+        except FormatError as error:
             problems.append(str(error))
             continue
         if not table.schema.equals(expected_schema):

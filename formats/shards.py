@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from .atomic import atomic_write_bytes
-from .config import PrepError
+from .errors import FormatError
+from .files import atomic_write_bytes
 
 SHARD_PATTERN = "shard-{:06d}.arrow"
 
@@ -70,9 +70,9 @@ def write_shard(path: str, table: pa.Table) -> dict:
 
 
 def open_shard(path: str) -> pa.Table:
-    """Memory-map a shard (zero-copy); raises PrepError naming the file if it is not a valid shard."""
+    """Memory-map a shard (zero-copy); raises FormatError naming the file if it is not a valid shard."""
     try:
         source = pa.memory_map(path, "r")
         return pa.ipc.open_stream(source).read_all()
     except (OSError, pa.ArrowInvalid) as error:
-        raise PrepError(f"{path}: not a readable shard ({error})") from None
+        raise FormatError(f"{path}: not a readable shard ({error})") from None

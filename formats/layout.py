@@ -1,0 +1,36 @@
+"""Where things are in a prepared data folder: the one answer to "where is the vocabulary?" and to "what is
+a seq folder?".
+
+    OUT/vocab/        tokenizer.json, vocab.txt
+    OUT/seq128/       shard-000000.arrow ... manifest.json
+    OUT/seq512/       ...
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+VOCAB_DIR = "vocab"
+SEQ_FOLDER = re.compile(r"^seq(\d+)$")
+
+
+def seq_folder(root: str, seq_len: int) -> str:
+    """The shard set of length `seq_len` under a prepared data folder."""
+    return os.path.join(root, f"seq{seq_len}")
+
+
+def seq_lengths(root: str) -> list[int]:
+    """The lengths of the `seqN/` shard sets under a prepared data folder, sorted."""
+    return sorted(int(match.group(1)) for name in os.listdir(root) if (match := SEQ_FOLDER.match(name))
+                  and os.path.isdir(os.path.join(root, name)))
+
+
+def vocab_dir(root: str) -> str:
+    """The vocabulary of a prepared data folder."""
+    return os.path.join(root, VOCAB_DIR)
+
+
+def vocab_beside(shard_folder: str) -> str:
+    """The vocabulary of the data folder a `seqN/` shard set belongs to."""
+    return vocab_dir(os.path.dirname(os.path.abspath(shard_folder)))
