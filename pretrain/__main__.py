@@ -16,22 +16,6 @@ EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
 
 
-def lost_a_peer(error: BaseException) -> bool:
-    """An error of the collective layer: torch's distributed errors (NCCL's arrive as `DistBackendError`), or
-    gloo's and NCCL's that surface as plain RuntimeErrors."""
-    import torch.distributed as dist
-
-    text = str(error).lower()
-    return isinstance(error, dist.DistError) or (
-        isinstance(error, RuntimeError) and dist.is_initialized() and ("gloo" in text or "nccl" in text))
-
-
-def lost_peer_message(error: BaseException) -> str:
-    cause = " ".join(str(error).split()).split(". ")[0][:200]  # its first sentence, on one line
-    return (f"pretrain: error: lost contact with another rank ({cause}); the last complete checkpoint is kept: "
-            "relaunch every node with the same command to resume from it")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pretrain", description=__doc__.splitlines()[0])
     # The `deepspeed` launcher passes --local_rank before the command; the rank comes from the environment.
@@ -128,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pretrain: error: {where}{error.strerror or error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except RuntimeError as error:
+        from .distributed import lost_a_peer, lost_peer_message
+
         if not lost_a_peer(error):
             raise
         print(lost_peer_message(error), file=sys.stderr)

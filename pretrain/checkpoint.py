@@ -32,6 +32,7 @@ from formats.errors import UserError, one_line
 from formats.files import atomic_write_bytes, fsync_dir
 
 from .config import CheckpointConfig
+from .distributed import lost_a_peer
 
 LATEST_FILE = "latest"
 TAG = "state"
@@ -161,8 +162,8 @@ class Checkpointer:
         try:
             yield
         except (OSError, RuntimeError, UserError) as error:
-            if isinstance(error, dist.DistError) or "gloo" in str(error).lower() or "nccl" in str(error).lower():
-                raise  # a lost peer, not a write: reported as such
+            if lost_a_peer(error):
+                raise  # not a write: reported as a lost peer
             shutil.rmtree(tmp, ignore_errors=True)
             raise CheckpointError(
                 f"{final}: could not write this checkpoint ({one_line(error)}); the previous complete "

@@ -23,13 +23,8 @@ with `TrainingDiverged`, and a checkpoint is never written from non-finite param
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
-import os
-import signal
-import socket
-import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -43,8 +38,17 @@ from formats.layout import vocab_beside
 from .checkpoint import MODEL_CONFIG_KEY, VOCAB_DIR_KEY, Checkpointer
 from .config import RunConfig, RunConfigError, deepspeed_config, gradient_accumulation
 from .data import Batcher, MaskingConfig, MicroBatches, ShardSet
+from .distributed import (
+    Preemption,
+    device_vector,
+    leave_together,
+    parameter_fingerprint,
+    setup_distributed,
+    write_status,
+)
 from .heads import SqueezeBertForPretraining
-from .model import ModelConfig, step_flops
+from .metrics import Metrics
+from .model import ModelConfig
 from .optim import build_lamb, learning_rate, set_learning_rate
 from .precision import DynamicLossScale, autocast, resolve_precision
 
@@ -57,15 +61,6 @@ HOST_SUMS = ("masked", "tokens", "squared_lengths", "preempt", "save_due")
 
 class TrainingDiverged(Exception):
     """The loss or the gradients stayed non-finite, or the parameters became so; the message names the step."""
-
-
-def device_vector(values: list[float], device: torch.device) -> torch.Tensor:
-    """A float64 vector of host values on `device` without a blocking copy: `torch.tensor(values, device=...)`
-    copies from pageable memory, which makes the host wait for the device; a fill is a kernel launch."""
-    vector = torch.empty(len(values), dtype=torch.float64, device=device)
-    for index, value in enumerate(values):
-        vector[index].fill_(value)
-    return vector
 
 
 @dataclass
@@ -88,34 +83,6 @@ class TrainerState:
             if key not in values or not isinstance(values[key], int) or values[key] < 0:
                 raise RunConfigError(f"checkpoint: trainer state has a bad {key!r}: {values.get(key)!r}")
             setattr(self, key, values[key])
-
-
-class Preemption:
-    """SIGTERM / SIGUSR1 set a flag; every step the ranks agree whether to stop (the flag rides in the step's
-    all-reduce: any rank's request stops all)."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        for signum in (signal.SIGTERM, signal.SIGUSR1):
-            signal.signal(signum, self._handler)
-
-    def _handler(self, signum, frame) -> None:
-        self.requested = True
-
-
-def setup_distributed(timeout_minutes: float = 10.0) -> tuple[int, int]:
-    import deepspeed
-
-    if "RANK" not in os.environ:  # a plain process: a world of one
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if torch.cuda.is_available():  # before the process group: NCCL and object collectives use this device
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
-    return dist.get_rank(), dist.get_world_size()
 
 
 def build_model(config: RunConfig) -> SqueezeBertForPretraining:
@@ -192,11 +159,7 @@ class Trainer:
         self.state = TrainerState()
         self.checkpointer = Checkpointer(config.checkpoint, self.rank)
         self.preemption = Preemption()
-        self.writer = None
-        if self.rank == 0:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(config.logging.dir)
+        self.metrics = Metrics(config.logging, self.model.config, self.rank, self.world_size)
 
     # -- checkpoints -------------------------------------------------------------------------------
 
@@ -217,7 +180,7 @@ class Trainer:
             raise TrainingDiverged(f"global step {self.state.global_step}: the parameters are not finite, so no "
                                    "checkpoint was written; the last complete one is kept")
         path = self.checkpointer.save(self.engine, self.state.global_step, self.client_state())
-        self.log_line(f"saved {path}")
+        self.metrics.line(f"saved {path}")
 
     def resume(self) -> None:
         path = self.checkpointer.latest()
@@ -233,72 +196,42 @@ class Trainer:
         changes = []
         if client["world_size"] != self.world_size:
             changes.append(f"world size {client['world_size']} -> {self.world_size} (accumulation recomputed)")
-        self.log_line(f"resumed from {path} at global step {self.state.global_step} "
+        self.metrics.line(f"resumed from {path} at global step {self.state.global_step} "
                       f"(phase {self.state.phase_index}, step {self.state.step_in_phase})"
                       + (f"; changed: {', '.join(changes)}" if changes else ""))
 
     # -- the loop ----------------------------------------------------------------------------------
 
     def fit(self) -> int:
-        self.log_line("resolved config " + json.dumps(self.config.to_dict()))
-        self.log_line(f"precision {self.precision} on {self.device} (weights, gradients and LAMB state in fp32)")
+        self.metrics.line("resolved config " + json.dumps(self.config.to_dict()))
+        self.metrics.line(f"precision {self.precision} on {self.device} (weights, gradients and LAMB state in fp32)")
         self.resume()
         self.steps_this_run = 0
         while self.state.phase_index < len(self.config.phases):
-            if self.train_phase() == EXIT_PREEMPTED:
-                self.write_status("preempted")
-                return EXIT_PREEMPTED
+            stopped_by = self.train_phase()  # None when the phase ran to its end
             budget = self.config.max_steps_this_run
-            if budget and self.steps_this_run >= budget and self.state.phase_index + 1 < len(self.config.phases):
+            if not stopped_by and budget and self.steps_this_run >= budget \
+                    and self.state.phase_index + 1 < len(self.config.phases):
                 # The phase-end checkpoint is saved; the next invocation starts the next phase from it.
-                self.log_line(f"step budget of this run spent at the end of a phase; exit {EXIT_PREEMPTED}")
-                self.write_status("preempted")
+                stopped_by = "step budget of this run spent at the end of a phase"
+            if stopped_by:
+                self.metrics.line(f"{stopped_by}: saved at global step {self.state.global_step}; exit {EXIT_PREEMPTED}")
+                write_status("preempted", self.state.global_step)
                 return EXIT_PREEMPTED
             self.state.phase_index += 1
             self.state.step_in_phase = 0
             self.state.consumed_samples = 0
-        fingerprint = self.parameter_fingerprint()
-        self.log_line(f"training complete; parameters identical on all {self.world_size} ranks (sha256 {fingerprint})")
-        self.write_status("complete")
+        fingerprint = parameter_fingerprint(self.model, self.world_size)
+        self.metrics.line(f"training complete; parameters identical on all {self.world_size} ranks "
+                          f"(sha256 {fingerprint})")
+        write_status("complete", self.state.global_step)
         return 0
-
-    def parameter_fingerprint(self) -> str:
-        """sha256 of all parameters, checked equal on every rank (data parallelism must keep them so)."""
-        import hashlib
-
-        digest = hashlib.sha256()
-        for parameter in self.model.parameters():
-            digest.update(parameter.detach().float().cpu().numpy().tobytes())
-        mine = digest.hexdigest()
-        everyone = [None] * self.world_size
-        if dist.is_initialized():
-            dist.all_gather_object(everyone, mine)
-        else:
-            everyone = [mine]
-        if len(set(everyone)) != 1:
-            raise RuntimeError(f"parameters differ between ranks: {everyone}")
-        return mine
 
     def close(self) -> None:
         """The orderly end of a run that returned (complete or preempted): the event file is closed, then
-        every rank leaves the process group together. A rank that exits while a peer still holds its
-        connections can make that peer's collective library abort at exit (SIGABRT from gloo)."""
-        if self.writer:
-            self.writer.close()
-            self.writer = None
-        if dist.is_initialized():
-            dist.barrier()
-            dist.destroy_process_group()
-
-    def write_status(self, state: str) -> None:
-        """For job scripts (launch/): PRETRAIN_STATUS_FILE gets `complete` or `preempted <step>`, written by
-        the first rank of every node (the outcome is agreed by all ranks), so each node's script knows it
-        even when its launcher's exit code says otherwise."""
-        path = os.environ.get("PRETRAIN_STATUS_FILE")
-        if path and os.environ.get("LOCAL_RANK", "0") == "0":
-            from formats.files import atomic_write_bytes
-
-            atomic_write_bytes(path, f"{state} {self.state.global_step}\n".encode())
+        every rank leaves the process group together."""
+        self.metrics.close()
+        leave_together()
 
     def configure_phase(self, phase) -> int:
         accumulation = self.accumulation = gradient_accumulation(phase, self.world_size)
@@ -306,7 +239,8 @@ class Trainer:
         self.engine.set_train_batch_size(phase.global_batch)
         return accumulation
 
-    def train_phase(self) -> int:
+    def train_phase(self) -> str | None:
+        """The current phase from its current step on; the reason it stopped early, or None at its end."""
         config = self.config
         index = self.state.phase_index
         phase, batcher = config.phases[index], self.batchers[index]
@@ -319,12 +253,10 @@ class Trainer:
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=1, prefetch_factor=4,
                                              persistent_workers=False, pin_memory=self.device.type == "cuda")
         batches = iter(loader)
-        start_time, start_step = time.monotonic(), self.state.step_in_phase
-        self.phase_flops = 0.0
+        self.metrics.start_phase(phase, self.state.step_in_phase)
         budget = config.max_steps_this_run
         while self.state.step_in_phase < phase.steps:
-            step = self.state.step_in_phase
-            lr = learning_rate(phase, step)
+            lr = learning_rate(phase, self.state.step_in_phase)
             set_learning_rate(self.optimizer, lr)
             waited = time.perf_counter()
             micro_batches = [next(batches) for _ in range(accumulation)]
@@ -336,30 +268,20 @@ class Trainer:
             self.state.global_step += 1
             self.state.consumed_samples += phase.global_batch
             self.count_skip(metrics)
-            if self.rank == 0:
-                elapsed = time.monotonic() - start_time
-                samples_per_s = (self.state.step_in_phase - start_step) * phase.global_batch / max(elapsed, 1e-9)
-                flops_per_s = self.phase_flops / max(elapsed, 1e-9)
-                metrics.update(lr=lr, phase=index, samples_per_s=samples_per_s, flops_per_s=flops_per_s,
-                               tokens_per_s=samples_per_s * metrics.pop("mean_length"))
-                if config.logging.peak_flops_per_device:
-                    metrics["mfu"] = flops_per_s / (config.logging.peak_flops_per_device * self.world_size)
-                self.log_step(metrics, phase, elapsed, start_step)
-            else:
-                metrics.pop("mean_length")
+            self.metrics.step(metrics, self.state, lr, accumulation)
             if config.logging.eval_every_steps and self.state.global_step % config.logging.eval_every_steps == 0:
                 self.evaluate(batcher, phase)
             self.steps_this_run += 1
-            budget_spent = bool(budget) and self.steps_this_run >= budget
-            stop = metrics.pop("preempt") or (budget_spent and self.state.step_in_phase < phase.steps)
-            if stop or self.checkpointer.due(self.state.global_step, self.state.step_in_phase == phase.steps,
-                                             metrics.pop("save_due")):
+            phase_ended = self.state.step_in_phase == phase.steps
+            budget_spent = bool(budget) and self.steps_this_run >= budget and not phase_ended
+            stopped_by = None
+            if metrics["preempt"] or budget_spent:
+                stopped_by = "preempted" if metrics["preempt"] else "step budget of this run spent"
+            if stopped_by or self.checkpointer.due(self.state.global_step, phase_ended, metrics["save_due"]):
                 self.save()
-            if stop:
-                reason = "step budget of this run spent" if budget_spent else "preempted"
-                self.log_line(f"{reason}: saved at global step {self.state.global_step}; exit {EXIT_PREEMPTED}")
-                return EXIT_PREEMPTED
-        return 0
+            if stopped_by:
+                return stopped_by
+        return None
 
     def count_skip(self, metrics: dict) -> None:
         """Counts a skipped step; too many in a row end the run (the last complete checkpoint stands)."""
@@ -424,8 +346,6 @@ class Trainer:
             self.loss_scale.update(finite)
         self.optimizer.overflow = not finite  # LAMB then changes nothing; DeepSpeed counts a skipped step
         self.engine.step()
-        self.phase_flops += step_flops(self.model.config, values["tokens"], values["squared_lengths"],
-                                       phase.global_batch, values["masked"])
         masked_total = max(values["masked"], 1)
         mlm_loss, sop_loss = values["mlm_sum"] / masked_total, values["sop_sum"] / phase.global_batch
         metrics = {
@@ -433,7 +353,7 @@ class Trainer:
             "mlm_accuracy": values["mlm_correct"] / masked_total,
             "sop_accuracy": values["sop_correct"] / phase.global_batch,
             "grad_norm": math.sqrt(values["gradient_norm_squared"] / self.world_size),  # the same on every rank
-            "mean_length": values["tokens"] / phase.global_batch,
+            "reduced": values,
             "skipped": not finite, "overflow_only": not finite and overflow_only,
             "preempt": values["preempt"] > 0, "save_due": values["save_due"] > 0,
         }
@@ -466,36 +386,4 @@ class Trainer:
             dist.all_reduce(totals)
         mlm_sum, sop_sum, masked, sequences = totals.tolist()
         self.engine.train()
-        if self.writer:
-            step = self.state.global_step
-            self.writer.add_scalar("eval/mlm_loss", mlm_sum / max(masked, 1), step)
-            self.writer.add_scalar("eval/sop_loss", sop_sum / max(sequences, 1), step)
-
-    # -- logging (rank 0) --------------------------------------------------------------------------
-
-    def log_step(self, metrics: dict, phase, elapsed: float, start_step: int) -> None:
-        step = self.state.global_step
-        for key, value in metrics.items():
-            if key in ("skipped", "overflow_only", "preempt", "save_due"):
-                continue
-            trained = "loss" in key or "accuracy" in key or key in ("grad_norm", "skipped_steps")
-            group = "train" if trained else "progress"
-            self.writer.add_scalar(f"{group}/{key}", value, step)
-        self.writer.add_scalar("progress/step_in_phase", self.state.step_in_phase, step)
-        self.writer.add_scalar("progress/accumulation", self.accumulation, step)
-        if self.state.step_in_phase % self.config.logging.every_steps == 0 or self.state.step_in_phase == phase.steps:
-            done = self.state.step_in_phase - start_step
-            eta = elapsed / max(done, 1) * (phase.steps - self.state.step_in_phase)
-            self.log_line(
-                f"{phase.name} step {self.state.step_in_phase}/{phase.steps} loss {metrics['loss']:.4f} "
-                f"(mlm {metrics['mlm_loss']:.4f}, sop {metrics['sop_loss']:.4f}) lr {metrics['lr']:.3e} "
-                f"grad_norm {metrics['grad_norm']:.3f} {metrics['samples_per_s']:.1f} samples/s "
-                f"skipped {metrics['skipped_steps']}"
-                + (f" loss_scale {metrics['loss_scale']:g}" if "loss_scale" in metrics else "")
-                + f" ETA {datetime.timedelta(seconds=round(eta))}"
-            )
-            self.writer.flush()
-
-    def log_line(self, text: str) -> None:
-        if self.rank == 0:
-            print(f"pretrain: {text}", file=sys.stderr, flush=True)
+        self.metrics.evaluation(self.state.global_step, mlm_sum / max(masked, 1), sop_sum / max(sequences, 1))

@@ -1,0 +1,106 @@
+"""The distributed lifecycle: the process group's start, preemption requests, the status file for job
+scripts, the parameter fingerprint, the orderly end, and how a lost peer is recognised.
+
+Every function here that makes a collective is called by every rank; rank-0-only or node-first-rank-only
+side effects say so.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import signal
+import socket
+
+import torch
+import torch.distributed as dist
+
+from formats.files import atomic_write_bytes
+
+
+def setup_distributed(timeout_minutes: float = 10.0) -> tuple[int, int]:
+    """The process group, from the launcher's variables (deepspeed, torchrun), or a world of one. NCCL on
+    GPUs (CUDA tensors only: every collective of the trainer hands it device tensors), gloo on CPUs."""
+    import deepspeed
+
+    if "RANK" not in os.environ:  # a plain process: a world of one
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if torch.cuda.is_available():  # before the process group: NCCL and object collectives use this device
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    return dist.get_rank(), dist.get_world_size()
+
+
+class Preemption:
+    """SIGTERM / SIGUSR1 set a flag; every step the ranks agree whether to stop (the flag rides in the step's
+    all-reduce: any rank's request stops all)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        for signum in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(signum, self._handler)
+
+    def _handler(self, signum, frame) -> None:
+        self.requested = True
+
+
+def device_vector(values: list[float], device: torch.device) -> torch.Tensor:
+    """A float64 vector of host values on `device` without a blocking copy: `torch.tensor(values, device=...)`
+    copies from pageable memory, which makes the host wait for the device; a fill is a kernel launch."""
+    vector = torch.empty(len(values), dtype=torch.float64, device=device)
+    for index, value in enumerate(values):
+        vector[index].fill_(value)
+    return vector
+
+
+def write_status(state: str, global_step: int) -> None:
+    """For job scripts (launch/): PRETRAIN_STATUS_FILE gets `complete` or `preempted <step>`, written by the
+    first rank of every node (the outcome is agreed by all ranks), so each node's script knows it even when
+    its launcher's exit code says otherwise."""
+    path = os.environ.get("PRETRAIN_STATUS_FILE")
+    if path and os.environ.get("LOCAL_RANK", "0") == "0":
+        atomic_write_bytes(path, f"{state} {global_step}\n".encode())
+
+
+def parameter_fingerprint(model: torch.nn.Module, world_size: int) -> str:
+    """sha256 of all parameters, checked equal on every rank (data parallelism must keep them so).
+    Collective."""
+    digest = hashlib.sha256()
+    for parameter in model.parameters():
+        digest.update(parameter.detach().float().cpu().numpy().tobytes())
+    mine = digest.hexdigest()
+    everyone = [mine]
+    if dist.is_initialized():
+        everyone = [None] * world_size
+        dist.all_gather_object(everyone, mine)  # torch moves the bytes to the device the backend needs
+    if len(set(everyone)) != 1:
+        raise RuntimeError(f"parameters differ between ranks: {everyone}")
+    return mine
+
+
+def leave_together() -> None:
+    """The orderly end of a run that returned: every rank leaves the process group together. A rank that
+    exits while a peer still holds its connections can make that peer's collective library abort at exit
+    (SIGABRT from gloo). Collective."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def lost_a_peer(error: BaseException) -> bool:
+    """An error of the collective layer: torch's distributed errors (NCCL's arrive as `DistBackendError`), or
+    gloo's and NCCL's that surface as plain RuntimeErrors."""
+    text = str(error).lower()
+    return isinstance(error, dist.DistError) or (
+        isinstance(error, RuntimeError) and dist.is_initialized() and ("gloo" in text or "nccl" in text))
+
+
+def lost_peer_message(error: BaseException) -> str:
+    cause = " ".join(str(error).split()).split(". ")[0][:200]  # its first sentence, on one line
+    return (f"pretrain: error: lost contact with another rank ({cause}); the last complete checkpoint is kept: "
+            "relaunch every node with the same command to resume from it")
