@@ -28,9 +28,9 @@ import torch_optimizer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from pretrain.heads import SqueezeBertForPretraining  # noqa: E402
 from pretrain.model import ModelConfig, count_parameters  # noqa: E402
 from pretrain.optim import Lamb, parameter_groups  # noqa: E402
+from pretrain.pretraining_model import SqueezeBertForPretraining  # noqa: E402
 
 
 def model_with_gradients(device: str) -> SqueezeBertForPretraining:

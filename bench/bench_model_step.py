@@ -30,9 +30,9 @@ from torch import nn
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from pretrain.export import transformers_config  # noqa: E402
-from pretrain.heads import SqueezeBertForPretraining  # noqa: E402
 from pretrain.model import ModelConfig, flops_per_token  # noqa: E402
+from pretrain.model_files import transformers_config  # noqa: E402
+from pretrain.pretraining_model import SqueezeBertForPretraining  # noqa: E402
 
 MAX_MASKED = {128: 20, 512: 80}  # the paper's caps per sequence
 

@@ -36,9 +36,9 @@ sys.path.insert(0, ROOT)
 
 from pretrain.config import OptimizerConfig, load_config  # noqa: E402
 from pretrain.data import Batcher, MaskingConfig, ShardSet, rank_slice  # noqa: E402
-from pretrain.heads import SqueezeBertForPretraining  # noqa: E402
 from pretrain.model import ModelConfig  # noqa: E402
 from pretrain.optim import build_lamb  # noqa: E402
+from pretrain.pretraining_model import SqueezeBertForPretraining  # noqa: E402
 from pretrain.trainer import Trainer  # noqa: E402
 
 DEFAULT_CORPUS = os.path.join(ROOT, "..", "shared", "corpora", "enwiki_wikiextractor")

@@ -39,8 +39,8 @@ from formats.shards import SHARD_PATTERN, build_table, write_shard
 from formats.vocabulary import TOKENIZER_FILE, copy_vocab_files
 
 from .config import PrepConfig, PrepError
-from .examples import assemble, pair_document
 from .sentences import split_sentences
+from .sop_pairs import assemble, pair_document
 from .sources import Document, DocumentReader, SkipCounter, parse_source, total_input_bytes
 from .tokenizer import load_vocab, special_token_ids
 

@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def command_export(args: argparse.Namespace) -> None:
-    from .export import export_headless, load_any
+    from .model_files import export_headless, load_any
 
     model, vocab = load_any(args.checkpoint)
     vocab = args.vocab or vocab
@@ -65,8 +65,8 @@ def command_demo(args: argparse.Namespace) -> int:
     from formats.layout import seq_folder, vocab_dir
 
     from .config import load_config
-    from .export import export_headless
     from .model import PRESETS
+    from .model_files import export_headless
     from .trainer import Trainer
 
     prep = subprocess.run([sys.executable, "-m", "data_prep", "demo", "--out", args.out])

@@ -27,7 +27,8 @@ from formats.files import file_sha256
 from formats.manifest import MANIFEST_FILE, load_manifest
 from formats.shards import open_shard
 
-IGNORE_INDEX = -100
+from .pretraining_model import IGNORE_INDEX
+
 PAD_TO_MULTIPLE = 8  # micro-batches are padded to their longest example, rounded up for matmul tiles
 
 

@@ -8,7 +8,7 @@ arithmetic with no permutes and runs ~1.5x faster on CPU. Attention is `scaled_d
 (a fused kernel where the platform has one); dropout masks on CPU come from a faster sampler (`dropout`).
 
 Parameter names and shapes are transformers' (conv weights stay [C_out, C_in / groups, 1]), so a state dict
-moves between the two with a prefix and nothing else: see `pretrain.export`.
+moves between the two with a prefix and nothing else: see `pretrain.model_files`.
 """
 
 from __future__ import annotations

@@ -46,11 +46,11 @@ from .distributed import (
     setup_distributed,
     write_status,
 )
-from .heads import SqueezeBertForPretraining
 from .metrics import Metrics
 from .model import ModelConfig
 from .optim import build_lamb, learning_rate, set_learning_rate
 from .precision import DynamicLossScale, autocast, resolve_precision
+from .pretraining_model import SqueezeBertForPretraining
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: saved after SIGTERM/SIGUSR1; requeue and rerun the same command
 
@@ -86,7 +86,7 @@ class TrainerState:
 
 
 def build_model(config: RunConfig) -> SqueezeBertForPretraining:
-    from .export import load_any
+    from .model_files import load_any
 
     if config.init_from:
         model, _vocab = load_any(config.init_from)

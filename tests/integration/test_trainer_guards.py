@@ -12,9 +12,9 @@ import sys
 
 import torch
 
-from pretrain.export import save_model_folder
-from pretrain.heads import SqueezeBertForPretraining
 from pretrain.model import ModelConfig
+from pretrain.model_files import save_model_folder
+from pretrain.pretraining_model import SqueezeBertForPretraining
 from tests.integration.test_trainer import scalars, train_command
 
 HARNESS = ("-m", "tests.integration.inject_faults")

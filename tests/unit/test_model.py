@@ -7,15 +7,15 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import SqueezeBertConfig, SqueezeBertForMaskedLM, SqueezeBertForSequenceClassification
 
-from pretrain.export import (
+from pretrain.model import ModelConfig, count_parameters, flops_per_token, step_flops
+from pretrain.model_files import (
     export_headless,
     import_transformers,
     load_model_folder,
     save_model_folder,
     transformers_config,
 )
-from pretrain.heads import SqueezeBertForPretraining
-from pretrain.model import ModelConfig, count_parameters, flops_per_token, step_flops
+from pretrain.pretraining_model import SqueezeBertForPretraining
 
 SMALL = ModelConfig(vocab_size=1000, hidden_size=96, num_hidden_layers=2, num_attention_heads=4, intermediate_size=384)
 

@@ -12,9 +12,9 @@ import torch_optimizer
 from torch import nn
 
 from pretrain.config import OptimizerConfig, PhaseConfig
-from pretrain.heads import SqueezeBertForPretraining
 from pretrain.model import ModelConfig
 from pretrain.optim import Lamb, TorchOptimizerLamb, build_lamb, learning_rate, parameter_groups
+from pretrain.pretraining_model import SqueezeBertForPretraining
 
 
 class TiedModel(nn.Module):

@@ -4,10 +4,10 @@ gradients, and the fp16 loss scale (an overflow is detected, skipped and halves 
 import pytest
 import torch
 
-from pretrain.heads import SqueezeBertForPretraining
 from pretrain.model import GroupedPointwise, ModelConfig
 from pretrain.optim import Lamb, parameter_groups
 from pretrain.precision import DynamicLossScale, PrecisionError, autocast, resolve_precision
+from pretrain.pretraining_model import SqueezeBertForPretraining
 from tests.unit.test_model import random_batch
 
 

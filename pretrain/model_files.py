@@ -30,8 +30,8 @@ from formats.layout import VOCAB_DIR
 from formats.vocabulary import VOCAB_FILE, copy_vocab_files
 
 from .checkpoint import is_checkpoint, read_trained_model
-from .heads import SqueezeBertForPretraining
 from .model import ModelConfig
+from .pretraining_model import SqueezeBertForPretraining
 
 MODEL_CONFIG_FILE = "model_config.json"
 WEIGHTS_FILE = "model.safetensors"

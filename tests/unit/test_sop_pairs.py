@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from data_prep.examples import assemble, pair_document, truncation_amounts
+from data_prep.sop_pairs import assemble, pair_document, truncation_amounts
 
 CLS, SEP = -1, -2  # outside the token range, so an example's specials are told from document tokens
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from .model import ModelConfig, SqueezeBertModel, init_weights
 
-IGNORE_INDEX = -100
+IGNORE_INDEX = -100  # transformers' label for "not masked": the one constant of the project
 
 
 class PredictionHeadTransform(nn.Module):
