@@ -16,7 +16,7 @@ from formats.layout import seq_folder, seq_lengths, vocab_dir
 from formats.manifest import build_manifest, load_manifest, records_from_manifest, write_manifest
 
 from .config import PrepError
-from .pipeline import STATE_FILE, copy_vocab
+from .output_folder import STATE_FILE, copy_vocab
 
 
 def _link_or_copy(source: str, target: str) -> None:

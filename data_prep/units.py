@@ -1,0 +1,34 @@
+"""Work units: the main process reads documents and deals them into units of about `--shard-text-mb` of
+text. A unit's index depends on the input alone, so its shards do not depend on the number of workers,
+and `--part i/N` takes the units u with u mod N = i."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Iterator
+
+from .sources import Document, DocumentReader
+
+
+def work_units(reader: DocumentReader, unit_bytes: int) -> Iterator[tuple[int, list[Document], dict, int]]:
+    """(unit index, documents, reader skips attributed to the unit, input bytes) in input order."""
+    documents: list[Document] = []
+    size = 0
+    index = 0
+    skips_before: Counter = Counter()
+    bytes_before = 0
+    for document in reader:
+        documents.append(document)
+        size += document.num_bytes
+        if size >= unit_bytes:
+            yield index, documents, _delta(reader, skips_before), reader.bytes_read - bytes_before
+            skips_before, bytes_before = Counter(reader.skips.counts), reader.bytes_read
+            documents, size, index = [], 0, index + 1
+    trailing_skips = _delta(reader, skips_before)
+    if documents or trailing_skips or index == 0:
+        # Skips after the last full unit make a (possibly empty) unit of their own so they are counted.
+        yield index, documents, trailing_skips, reader.bytes_read - bytes_before
+
+
+def _delta(reader: DocumentReader, before: Counter) -> dict:
+    return {k: v - before.get(k, 0) for k, v in reader.skips.counts.items() if v - before.get(k, 0)}
