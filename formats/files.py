@@ -6,12 +6,14 @@ final name only once every byte of it is on disk.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
+import shutil
 import socket
 
-from .errors import FileWriteError
+from .errors import FileWriteError, UserError, one_line
 
 TMP_SUFFIX = ".tmp"
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
@@ -78,3 +80,54 @@ def remove_quietly(path: str) -> None:
         os.remove(path)
     except FileNotFoundError:
         pass
+
+
+def fsync_tree(folder: str) -> None:
+    """fsync every file under `folder` (before it is renamed into place)."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def replace_folder(new_dir: str, out_dir: str) -> None:
+    """Put the complete folder `new_dir` in the place of `out_dir`. The old folder is moved aside to
+    `OUT.old` first and removed only after the new one is in place, so at every moment one of the two is
+    whole on disk (`recover_folder` puts the old one back after a crash between the two renames)."""
+    old_dir = out_dir + ".old"
+    shutil.rmtree(old_dir, ignore_errors=True)
+    if os.path.exists(out_dir):
+        os.replace(out_dir, old_dir)
+    os.replace(new_dir, out_dir)
+    fsync_dir(os.path.dirname(os.path.abspath(out_dir)))
+    shutil.rmtree(old_dir, ignore_errors=True)
+
+
+def recover_folder(out_dir: str) -> None:
+    """After a crash between `replace_folder`'s two renames, `OUT.old` is the complete one: put it back."""
+    old_dir = out_dir + ".old"
+    if os.path.isdir(old_dir) and not os.path.exists(out_dir):
+        os.replace(old_dir, out_dir)
+
+
+@contextlib.contextmanager
+def atomic_folder(out_dir: str, write_errors: tuple[type[BaseException], ...] = ()):
+    """Yields a temporary folder to fill; once complete and fsynced it replaces `out_dir` (`replace_folder`).
+    A failed write (OSError, torch's RuntimeError, or one of `write_errors`: a library's own error type) is
+    one `FileWriteError` naming `out_dir`; the temporary folder is removed and a previous `out_dir` stays."""
+    out_dir = out_dir.rstrip("/")
+    recover_folder(out_dir)
+    tmp_dir = out_dir + TMP_SUFFIX
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    try:
+        os.makedirs(tmp_dir)
+        yield tmp_dir
+        fsync_tree(tmp_dir)
+    except (OSError, RuntimeError, UserError, *write_errors) as error:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        kept = "the previous one is kept; " if os.path.isdir(out_dir) else ""
+        raise FileWriteError(f"{out_dir}: could not write ({one_line(error)}); {kept}free space and rerun") from None
+    replace_folder(tmp_dir, out_dir)

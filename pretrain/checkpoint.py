@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 
 from formats.errors import UserError, one_line
-from formats.files import atomic_write_bytes, fsync_dir
+from formats.files import atomic_write_bytes, fsync_tree, replace_folder
 
 from .config import CheckpointConfig
 from .distributed import lost_a_peer
@@ -136,17 +136,8 @@ class Checkpointer:
             dist.barrier()
         if self.rank == 0:
             with self._write_failures(tmp, final):
-                for root, _, files in os.walk(tmp):
-                    for file_name in files:
-                        fd = os.open(os.path.join(root, file_name), os.O_RDONLY)
-                        try:
-                            os.fsync(fd)
-                        finally:
-                            os.close(fd)
-                if os.path.exists(final):  # the same step saved again (e.g. preempted right after a save)
-                    shutil.rmtree(final)
-                os.replace(tmp, final)
-                fsync_dir(self.directory)
+                fsync_tree(tmp)
+                replace_folder(tmp, final)  # the same step saved again (preempted right after a save) too
                 atomic_write_bytes(os.path.join(self.directory, LATEST_FILE), (name + "\n").encode())
             for old in self.complete()[: -self.keep]:
                 shutil.rmtree(os.path.join(self.directory, old), ignore_errors=True)

@@ -15,17 +15,15 @@ key; the tied decoder weight is never stored (transformers ties it to the word e
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from formats.errors import UserError, one_line
-from formats.files import fsync_dir
+from formats.errors import UserError
+from formats.files import atomic_folder
 from formats.layout import VOCAB_DIR
 from formats.vocabulary import VOCAB_FILE, copy_vocab_files
 
@@ -103,42 +101,11 @@ def _write_tokenizer(vocab_dir: str, out_dir: str, config: ModelConfig) -> None:
     })
 
 
-@contextlib.contextmanager
-def _folder_written_whole(out_dir: str):
-    """Yields a temporary folder to fill; once it is complete it takes `out_dir`'s place. A failed write
-    (a full disk) is one `ExportError` and leaves a previous `out_dir` as it was. The old folder is moved
-    aside before the new one is renamed in and removed only after, so one of the two is always whole."""
-    out_dir = out_dir.rstrip("/")
-    tmp_dir, old_dir = out_dir + ".tmp", out_dir + ".old"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    try:
-        os.makedirs(tmp_dir)
-        yield tmp_dir
-        for root, _, files in os.walk(tmp_dir):
-            for name in files:
-                fd = os.open(os.path.join(root, name), os.O_RDONLY)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-    except (OSError, RuntimeError, SafetensorError, UserError) as error:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        reason = one_line(error)
-        kept = "the previous one is kept; " if os.path.isdir(out_dir) else ""
-        raise ExportError(f"{out_dir}: could not write ({reason}); {kept}free space and rerun") from None
-    shutil.rmtree(old_dir, ignore_errors=True)
-    if os.path.exists(out_dir):
-        os.replace(out_dir, old_dir)
-    os.replace(tmp_dir, out_dir)
-    fsync_dir(os.path.dirname(os.path.abspath(out_dir)))
-    shutil.rmtree(old_dir, ignore_errors=True)
-
-
 def export_headless(model: SqueezeBertForPretraining, out_dir: str, vocab_dir: str | None = None) -> None:
     """Write the transformers-format headless model (see the module docstring) to `out_dir`."""
     if vocab_dir:
         check_vocab(vocab_dir, model.config)
-    with _folder_written_whole(out_dir) as tmp_dir:
+    with atomic_folder(out_dir, write_errors=(SafetensorError,)) as tmp_dir:
         save_file(headless_state_dict(model), os.path.join(tmp_dir, WEIGHTS_FILE), metadata={"format": "pt"})
         _write_json(os.path.join(tmp_dir, "config.json"), transformers_config(model.config))
         if vocab_dir:
@@ -147,7 +114,7 @@ def export_headless(model: SqueezeBertForPretraining, out_dir: str, vocab_dir: s
 
 def save_model_folder(model: SqueezeBertForPretraining, out_dir: str, vocab_dir: str | None = None) -> None:
     """The project's portable model folder: all weights including the SOP head, and the model config."""
-    with _folder_written_whole(out_dir) as tmp_dir:
+    with atomic_folder(out_dir, write_errors=(SafetensorError,)) as tmp_dir:
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         save_file(state, os.path.join(tmp_dir, WEIGHTS_FILE), metadata={"format": "pt"})
         _write_json(os.path.join(tmp_dir, MODEL_CONFIG_FILE), model.config.to_dict())
