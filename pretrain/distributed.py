@@ -36,17 +36,29 @@ def setup_distributed(timeout_minutes: float = 10.0) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
 class Preemption:
     """SIGTERM / SIGUSR1 set a flag; every step the ranks agree whether to stop (the flag rides in the step's
     all-reduce: any rank's request stops all)."""
 
     def __init__(self) -> None:
         self.requested = False
-        for signum in (signal.SIGTERM, signal.SIGUSR1):
+        for signum in PREEMPTION_SIGNALS:
             signal.signal(signum, self._handler)
 
     def _handler(self, signum, frame) -> None:
         self.requested = True
+
+
+def leave_signals_to_the_main_process(worker_id: int = 0) -> None:
+    """A data-loader worker's `worker_init_fn`. SLURM (preemption, scancel, the time limit) and Kubernetes
+    signal every process of the job, loader workers included. A worker that died of the SIGTERM would make
+    the main process raise "DataLoader worker ... is killed by signal" in the middle of its save; so
+    workers ignore the signals the main process acts on, and end with it."""
+    for signum in (*PREEMPTION_SIGNALS, signal.SIGINT):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def device_vector(values: list[float], device: torch.device) -> torch.Tensor:

@@ -41,6 +41,7 @@ from .data import Batcher, MaskingConfig, MicroBatches, ShardSet
 from .distributed import (
     Preemption,
     device_vector,
+    leave_signals_to_the_main_process,
     leave_together,
     parameter_fingerprint,
     setup_distributed,
@@ -251,7 +252,8 @@ class Trainer:
                                self.state.step_in_phase, phase.steps)
         # Pinned host memory lets each micro-batch's copy to the GPU run without the host waiting for it.
         loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=1, prefetch_factor=4,
-                                             persistent_workers=False, pin_memory=self.device.type == "cuda")
+                                             persistent_workers=False, pin_memory=self.device.type == "cuda",
+                                             worker_init_fn=leave_signals_to_the_main_process)
         batches = iter(loader)
         self.metrics.start_phase(phase, self.state.step_in_phase)
         budget = config.max_steps_this_run

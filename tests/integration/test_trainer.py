@@ -81,9 +81,11 @@ def test_exact_resume_after_sigkill(reference, shard_root, tmp_path):
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(tmp_path / "checkpoints" / "latest", process)
     time.sleep(random.uniform(0.0, 1.0))
+    assert process.poll() is None, "the run ended before the moment to kill it: this would compare a run with itself"
     process.kill()  # SIGKILL: no handler runs
     process.wait()
-    run(command, tmp_path)
+    result = run(command, tmp_path)
+    assert "resumed from checkpoints/step-" in result.stderr
     assert_same_run(reference, str(tmp_path))
 
 
@@ -123,7 +125,7 @@ def test_two_ranks_under_the_deepspeed_launcher_match_one_process(shard_root, tm
     single.mkdir()
     double.mkdir()
     run(train_command(shard_root), single)
-    launcher = ("deepspeed", "--num_gpus", "2", "--master_port", str(random.randint(20000, 40000)), "--module")
+    launcher = with_port(LAUNCHERS["deepspeed"])
     run(train_command(shard_root, launcher=launcher), double)
     one, two = final_parameters(str(single)), final_parameters(str(double))
     assert max((one[k].float() - two[k].float()).abs().max().item() for k in one) < 1e-5
@@ -193,3 +195,59 @@ def test_export_a_trainer_checkpoint_and_continue_pretraining_from_it(reference,
         workdir)
     continued = final_parameters(str(workdir))
     assert max((continued[k] - trained[k]).abs().max().item() for k in trained if k.startswith("transformer.")) < 1e-6
+
+
+LAUNCHERS = {
+    "process": (sys.executable, "-m"),
+    # next to the interpreter that runs the tests, so an unactivated virtual environment works too
+    "deepspeed": (os.path.join(os.path.dirname(sys.executable), "deepspeed"), "--num_gpus", "2", "--module"),
+    "torchrun": (os.path.join(os.path.dirname(sys.executable), "torchrun"), "--nproc_per_node", "2", "-m"),
+}
+
+
+@pytest.fixture(scope="module")
+def launcher_references(shard_root, tmp_path_factory):
+    """An uninterrupted run under each launcher, made on first use. The launchers differ in more than the
+    ranks (torchrun sets OMP_NUM_THREADS=1, which changes the CPU kernels' summation order), so each resume
+    is compared bit for bit with a run under its own launcher."""
+    runs = {}
+
+    def reference_for(launcher):
+        if launcher not in runs:
+            workdir = tmp_path_factory.mktemp(f"reference_{launcher}")
+            run(train_command(shard_root, launcher=with_port(LAUNCHERS[launcher])), workdir)
+            runs[launcher] = str(workdir)
+        return runs[launcher]
+    return reference_for
+
+
+def with_port(launcher):
+    if "deepspeed" in launcher[0] or "torchrun" in launcher[0]:
+        return (launcher[0], "--master_port", str(random.randint(20000, 40000)), *launcher[1:])
+    return launcher
+
+
+@pytest.mark.parametrize("launcher", ["process", "deepspeed", "torchrun"])
+def test_sigterm_to_every_process_of_the_job_saves_and_resumes_exactly(reference, launcher_references, shard_root,
+                                                                        tmp_path, launcher):
+    """As SLURM preempts or cancels a job step and as Kubernetes stops a pod: SIGTERM to every process,
+    loader workers and launchers included."""
+    command = train_command(shard_root, launcher=with_port(LAUNCHERS[launcher]))
+    env = {**os.environ, "PRETRAIN_STATUS_FILE": str(tmp_path / "status")}
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env=env, start_new_session=True)
+    wait_for(tmp_path / "checkpoints" / "latest", process)
+    time.sleep(random.uniform(0.0, 0.5))
+    assert process.poll() is None, "the run ended before the moment to interrupt it"
+    os.killpg(process.pid, signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert "preempted: saved at global step" in stderr, stderr[-3000:]
+    assert "is killed by signal" not in stderr and "Traceback (most recent call last):\n  File" not in \
+        stderr.split("preempted: saved at global step")[0]
+    state, step = (tmp_path / "status").read_text().split()
+    assert state == "preempted" and 0 < int(step) < 12
+    if launcher == "process":
+        assert process.returncode == 75
+    result = run(train_command(shard_root, launcher=with_port(LAUNCHERS[launcher])), tmp_path)
+    assert f"resumed from checkpoints/step-{int(step):08d}" in result.stderr
+    assert_same_run(reference if launcher == "process" else launcher_references(launcher), str(tmp_path))
