@@ -19,6 +19,7 @@ kept so that any code drawing from the global generators resumes where it stoppe
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import random
 import shutil
@@ -29,7 +30,7 @@ import torch
 import torch.distributed as dist
 
 from formats.errors import UserError, one_line
-from formats.files import atomic_write_bytes, fsync_tree, replace_folder
+from formats.files import atomic_write_bytes, file_sha256, fsync_tree, replace_folder
 
 from .config import CheckpointConfig
 from .distributed import lost_a_peer
@@ -37,6 +38,7 @@ from .distributed import lost_a_peer
 LATEST_FILE = "latest"
 TAG = "state"
 PREFIX = "step-"
+FILES_RECORD = "files.json"  # every file of the checkpoint with its size and sha256, written last
 MODEL_STATES_FILE = "mp_rank_00_model_states.pt"  # DeepSpeed's name for the weights (and, ZeRO 0, LAMB's state)
 # keys of the client state the trainer stores beside DeepSpeed's, that readers of a checkpoint use
 MODEL_CONFIG_KEY = "model_config"
@@ -110,14 +112,43 @@ class Checkpointer:
 
     def latest(self) -> str | None:
         """Path of the newest complete checkpoint: the one `latest` names, else the newest on disk."""
+        candidates = self.candidates()
+        return candidates[0] if candidates else None
+
+    def candidates(self) -> list[str]:
+        """Complete checkpoints, the one `latest` names first, then the others newest first."""
+        names = self.complete()[::-1]
         pointer = os.path.join(self.directory, LATEST_FILE)
         if os.path.isfile(pointer):
             with open(pointer, encoding="utf-8") as handle:
                 name = handle.read().strip()
-            if os.path.isdir(os.path.join(self.directory, name, TAG)):
-                return os.path.join(self.directory, name)
-        names = self.complete()
-        return os.path.join(self.directory, names[-1]) if names else None
+            if name in names:
+                names.remove(name)
+                names.insert(0, name)
+        return [os.path.join(self.directory, name) for name in names]
+
+    def usable(self) -> tuple[str | None, list[str]]:
+        """The newest checkpoint whose files match their record (sizes and sha256), and a line for each newer
+        one that did not. Rank 0 reads the files and tells every rank (collective)."""
+        choice, problems = None, []
+        if self.rank == 0:
+            pointer = os.path.join(self.directory, LATEST_FILE)
+            if os.path.isfile(pointer):
+                with open(pointer, encoding="utf-8") as handle:
+                    named = handle.read().strip()
+                if not os.path.isdir(os.path.join(self.directory, named, TAG)):
+                    problems.append(f"{pointer} names {named}, which is not a complete checkpoint")
+            for path in self.candidates():
+                problem = damage(path)
+                if problem is None:
+                    choice = path
+                    break
+                problems.append(f"{path} is damaged ({problem})")
+        if dist.is_initialized():
+            answer = [choice, problems]
+            dist.broadcast_object_list(answer, src=0)
+            choice, problems = answer
+        return choice, problems
 
     def save(self, engine, global_step: int, client_state: dict) -> str:
         """Collective: every rank calls it with the same step."""
@@ -136,6 +167,7 @@ class Checkpointer:
             dist.barrier()
         if self.rank == 0:
             with self._write_failures(tmp, final):
+                record_files(tmp)
                 fsync_tree(tmp)
                 replace_folder(tmp, final)  # the same step saved again (preempted right after a save) too
                 atomic_write_bytes(os.path.join(self.directory, LATEST_FILE), (name + "\n").encode())
@@ -166,6 +198,39 @@ class Checkpointer:
         if os.path.isfile(rng_file(path, self.rank)):  # a rank the saving run did not have keeps its seed
             set_rng_state(torch.load(rng_file(path, self.rank), weights_only=False))
         return client_state
+
+
+def record_files(folder: str) -> None:
+    """`files.json`: every file of the checkpoint with its size and sha256, so a damaged one is found."""
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            files[os.path.relpath(path, folder)] = {"bytes": os.path.getsize(path), "sha256": file_sha256(path)}
+    atomic_write_bytes(os.path.join(folder, FILES_RECORD), json.dumps(files, indent=1, sort_keys=True).encode())
+
+
+def damage(path: str) -> str | None:
+    """What is wrong with a checkpoint's files, or None. A checkpoint saved before files were recorded is
+    taken as it is."""
+    record_path = os.path.join(path, FILES_RECORD)
+    if not os.path.isfile(record_path):
+        return None
+    try:
+        with open(record_path, encoding="utf-8") as handle:
+            files = json.load(handle)
+    except (OSError, ValueError) as error:
+        return f"{FILES_RECORD} unreadable: {one_line(error)}"
+    for name, expected in sorted(files.items()):
+        file_path = os.path.join(path, name)
+        if not os.path.isfile(file_path):
+            return f"{name} is missing"
+        size = os.path.getsize(file_path)
+        if size != expected["bytes"]:
+            return f"{name} has {size} bytes, {expected['bytes']} were written"
+        if file_sha256(file_path) != expected["sha256"]:
+            return f"{name} does not match its sha256"
+    return None
 
 
 def is_checkpoint(path: str) -> bool:

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from formats.errors import UserError
 from formats.layout import vocab_beside
 
-from .checkpoint import MODEL_CONFIG_KEY, VOCAB_DIR_KEY, Checkpointer
+from .checkpoint import MODEL_CONFIG_KEY, VOCAB_DIR_KEY, Checkpointer, CheckpointError
 from .config import RunConfig, RunConfigError, deepspeed_config, gradient_accumulation
 from .data import Batcher, MaskingConfig, MicroBatches, ShardSet
 from .distributed import (
@@ -184,8 +184,13 @@ class Trainer:
         self.metrics.line(f"saved {path}")
 
     def resume(self) -> None:
-        path = self.checkpointer.latest()
+        path, problems = self.checkpointer.usable()
+        for problem in problems:
+            self.metrics.line(f"{problem}; trying the previous checkpoint")
         if path is None:
+            if problems:
+                raise CheckpointError(f"{self.config.checkpoint.dir}: no usable checkpoint ({problems[-1]}); "
+                                      "move the damaged ones away to start over, or restore them")
             return
         client = self.checkpointer.load(self.engine, path)
         self.state.load_state_dict(client["trainer"])

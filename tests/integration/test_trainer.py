@@ -251,3 +251,43 @@ def test_sigterm_to_every_process_of_the_job_saves_and_resumes_exactly(reference
     result = run(train_command(shard_root, launcher=with_port(LAUNCHERS[launcher])), tmp_path)
     assert f"resumed from checkpoints/step-{int(step):08d}" in result.stderr
     assert_same_run(reference if launcher == "process" else launcher_references(launcher), str(tmp_path))
+
+
+def damaged_copy(reference, tmp_path, how):
+    """The reference run's checkpoints (step 9 and step 12) with step 12's model file damaged."""
+    shutil.copytree(os.path.join(reference, "checkpoints"), tmp_path / "checkpoints")
+    shutil.copytree(os.path.join(reference, "runs"), tmp_path / "runs")
+    target = tmp_path / "checkpoints" / "step-00000012" / "state" / "mp_rank_00_model_states.pt"
+    data = bytearray(target.read_bytes())
+    if how == "truncated":
+        data = data[: len(data) // 2]
+    else:  # one flipped byte in the middle: the file still unpickles, with a wrong weight
+        data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("how", ["truncated", "flipped"])
+def test_a_damaged_checkpoint_is_found_and_the_previous_one_used(reference, shard_root, tmp_path, how):
+    damaged_copy(reference, tmp_path, how)
+    result = run(train_command(shard_root), tmp_path)
+    assert "checkpoints/step-00000012 is damaged (state/mp_rank_00_model_states.pt" in result.stderr
+    assert "resumed from checkpoints/step-00000009" in result.stderr
+    expected, got = final_parameters(reference), final_parameters(str(tmp_path))
+    assert all(torch.equal(expected[key], got[key]) for key in expected)  # steps 10-12 redone exactly
+
+
+def test_latest_naming_a_missing_checkpoint_falls_back(reference, shard_root, tmp_path):
+    shutil.copytree(os.path.join(reference, "checkpoints"), tmp_path / "checkpoints")
+    (tmp_path / "checkpoints" / "latest").write_text("step-00000099\n")
+    result = run(train_command(shard_root), tmp_path)
+    assert "names step-00000099, which is not a complete checkpoint" in result.stderr
+    assert "resumed from checkpoints/step-00000012" in result.stderr and "training complete" in result.stderr
+
+
+def test_no_usable_checkpoint_is_one_line(reference, shard_root, tmp_path):
+    damaged_copy(reference, tmp_path, "truncated")
+    (tmp_path / "checkpoints" / "step-00000009" / "files.json").write_text("{not json")
+    result = subprocess.run(train_command(shard_root), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("pretrain: error: checkpoints: no usable checkpoint"), last
