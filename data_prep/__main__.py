@@ -203,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:  # bad input, unreadable shard sets, failed writes: one line
         print(f"data_prep: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except BrokenPipeError:  # `inspect | head`: the reader has what it wanted; a subclass of OSError, so first
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush would fail again
+        return 0
     except OSError as error:  # an environment failure no check foresaw: still one line, naming the file
         where = f"{error.filename}: " if error.filename else ""
         print(f"data_prep: error: {where}{error.strerror or error}", file=sys.stderr)
@@ -210,9 +214,6 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("data_prep: interrupted; rerun the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BrokenPipeError:  # `inspect | head`
-        sys.stderr.close()
-        return 0
 
 
 if __name__ == "__main__":

@@ -275,7 +275,8 @@ class Trainer:
             self.state.global_step += 1
             self.state.consumed_samples += phase.global_batch
             self.count_skip(metrics)
-            self.metrics.step(metrics, self.state, lr, accumulation)
+            # logged as the optimizer holds it, so the test of the schedule reads what was applied
+            self.metrics.step(metrics, self.state, self.optimizer.param_groups[0]["lr"], accumulation)
             if config.logging.eval_every_steps and self.state.global_step % config.logging.eval_every_steps == 0:
                 self.evaluate(batcher, phase)
             self.steps_this_run += 1

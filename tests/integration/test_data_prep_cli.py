@@ -214,3 +214,12 @@ def test_vocab_import_round_trip(vocab_dir, tmp_path):
         assert SqueezeBertTokenizer.from_pretrained(str(folder))(text)["input_ids"] == ours
     one_line_error(run_cli("vocab", "--import-vocab", tmp_path / "nope.txt", "--out", tmp_path / "v", check=False),
                    "--import-vocab", "no such file")
+
+
+def test_inspect_into_head_exits_0_quietly(shard_root):
+    """`inspect | head`: head closes the pipe early; that is not an error."""
+    result = subprocess.run(
+        f"set -o pipefail; {sys.executable} -m data_prep inspect {shard_root}/seq128 -n 2000 | head -n 3",
+        shell=True, executable="/bin/bash", cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr == "" and len(result.stdout.splitlines()) == 3

@@ -131,6 +131,10 @@ def test_two_ranks_under_the_deepspeed_launcher_match_one_process(shard_root, tm
     assert max((one[k].float() - two[k].float()).abs().max().item() for k in one) < 1e-5
     losses_one, losses_two = scalars(str(single), "train/loss"), scalars(str(double), "train/loss")
     assert all(abs(losses_one[s][0] - losses_two[s][0]) < 1e-4 for s in losses_one)
+    # LAMB's trust ratio would hide a uniform error in the gradients' scale: compare every step's norm too
+    norms_one, norms_two = scalars(str(single), "train/grad_norm"), scalars(str(double), "train/grad_norm")
+    assert sorted(norms_one) == sorted(norms_two) == list(range(1, 13))
+    assert all(abs(norms_one[s][0] - norms_two[s][0]) <= 1e-4 * norms_one[s][0] for s in norms_one)
     assert scalars(str(double), "progress/accumulation")[1] == [2.0]  # 16 / (4 x 2 ranks)
     state = double / "checkpoints" / "step-00000012" / "state"
     assert sorted(p.name for p in state.glob("rng-rank*.pt")) == ["rng-rank00000.pt", "rng-rank00001.pt"]
