@@ -49,11 +49,31 @@ exit_code_from_status() {
 
 # What a batch job does after its nodes exit: done | requeue | fail.
 #   decide_after_exit <exit code> <restarts so far> <max restarts after failures>
+# <restarts so far> counts the earlier failures (failures_so_far), not the preemptions.
 decide_after_exit() {
     local code=$1 restarts=${2:-0} max_restarts=${3:-3}
     if [[ "$code" -eq 0 ]]; then echo done
     elif [[ "$code" -eq "$EXIT_PREEMPTED" ]]; then echo requeue
     elif [[ "$restarts" -lt "$max_restarts" ]]; then echo requeue  # a node died: resume from the checkpoint
     else echo fail
+    fi
+}
+
+# Failures (not preemptions) of this job so far, kept in a file across its requeues: SLURM_RESTART_COUNT
+# counts every requeue, preemptions and the job's own time-limit requeues included, so it cannot bound the
+# restarts after failures.
+#   failures_so_far <failures file>            prints the count (0 when there is no file)
+#   record_exit <exit code> <failures file>    counts the exit if it is a failure
+failures_so_far() {
+    local failures
+    failures=$(cat "$1" 2>/dev/null || echo 0)
+    [[ "$failures" =~ ^[0-9]+$ ]] || failures=0
+    echo "$failures"
+}
+
+record_exit() {
+    local code=$1 file=$2
+    if [[ "$code" -ne 0 && "$code" -ne "$EXIT_PREEMPTED" ]]; then
+        echo $(( $(failures_so_far "$file") + 1 )) > "$file"
     fi
 }

@@ -2,6 +2,7 @@
 restarts on another number of ranks, and the SLURM scripts' environment and requeue logic without SLURM."""
 
 import glob
+import json
 import os
 import random
 import signal
@@ -210,3 +211,31 @@ def test_node_exit_code_comes_from_the_status_file(status, launcher_code, expect
     assert result.returncode == expected
     # a launcher code that disagrees with the recorded outcome is reported, not silently dropped
     assert ("but the launcher exited" in result.stderr) == (status is not None and launcher_code not in (0, expected))
+
+
+def test_preemptions_do_not_count_toward_max_restarts(tmp_path):
+    """Three preemptions then failures: the first three failures requeue, the fourth fails (MAX_RESTARTS 3),
+    whatever SLURM_RESTART_COUNT says (it counts every requeue)."""
+    failures = tmp_path / "failures"
+    decisions = []
+    for code in (75, 75, 75, 1, 137, 1, 1):
+        script = (f"source {LAUNCH}/lib.sh && decide_after_exit {code} $(failures_so_far {failures}) 3 "
+                  f"&& record_exit {code} {failures}")
+        decisions.append(subprocess.run(["bash", "-c", script], capture_output=True, text=True).stdout.strip())
+    assert decisions == ["requeue"] * 6 + ["fail"]
+    assert failures.read_text().strip() == "4"
+
+
+def test_one_data_prep_task_rerun_alone_needs_the_number_of_parts(small_corpus, vocab_dir, tmp_path):
+    """`sbatch --array 1` makes SLURM_ARRAY_TASK_COUNT 1: the script says to give PARTS instead of running
+    part 1/1; with PARTS it makes part 1 of 2."""
+    script = os.path.join(LAUNCH, "slurm_data_prep.sbatch")
+    base = {**os.environ, "SLURM_SUBMIT_DIR": ROOT, "SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "1",
+            "SLURM_CPUS_PER_TASK": "1"}
+    args = ["bash", script, vocab_dir, str(tmp_path), "--source", small_corpus, "--shard-text-mb", "0.2", "--quiet"]
+    alone = subprocess.run(args, env=base, capture_output=True, text=True, timeout=120)
+    assert alone.returncode == 2 and "PARTS=<N>" in alone.stderr.strip().splitlines()[-1]
+    rerun = subprocess.run(args, env={**base, "PARTS": "2"}, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    manifest = json.loads((tmp_path / "part-1" / "seq128" / "manifest.json").read_text())
+    assert manifest["part"] == {"index": 1, "count": 2}
