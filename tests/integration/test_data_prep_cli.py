@@ -1,8 +1,10 @@
 """`python -m data_prep` end to end, in real processes, on real Wikipedia text."""
 
+import fcntl
 import filecmp
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -223,3 +225,33 @@ def test_inspect_into_head_exits_0_quietly(shard_root):
         shell=True, executable="/bin/bash", cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stderr == "" and len(result.stdout.splitlines()) == 3
+
+
+def test_skipped_rows_are_counted_by_reason_and_the_first_five_named(small_corpus, vocab_dir, tmp_path):
+    """Rows without text, bad JSON lines and documents with no token are skipped and counted in the
+    manifest; stderr names the first 5 of each reason, then says the rest are only counted."""
+    good = open(os.path.join(small_corpus, sorted(os.listdir(small_corpus))[0]), encoding="utf-8").read()
+    lines = [json.dumps({"text": good})]
+    lines += ["{not json"] * 7  # bad_json_line x 7
+    lines += [json.dumps({"title": "no text"}), json.dumps({"text": None})]  # row_without_text x 2
+    lines += [json.dumps({"text": "\u200b\u200b\n\u2060"})]  # visible to strip(), no wordpiece: no token
+    (tmp_path / "rows.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    result = run_cli("shards", "--source", tmp_path / "rows.jsonl", "--vocab", vocab_dir, "--out", tmp_path / "out",
+                     "--num-proc", "1")
+    named = re.findall(r"data_prep: skipped \(bad_json_line\): \S+:(\d+)", result.stderr)  # beside the bar
+    assert named == ["2", "3", "4", "5", "6"]  # the first 5 line numbers
+    assert "data_prep: further 'bad_json_line' skips are only counted" in result.stderr
+    assert result.stderr.count("skipped (row_without_text)") == 2
+    manifest = json.loads((tmp_path / "out" / "seq128" / "manifest.json").read_text())
+    assert manifest["skipped"]["bad_json_line"] == 7 and manifest["skipped"]["row_without_text"] == 2
+    assert manifest["skipped"]["document_without_tokens"] == 1
+
+
+def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(small_corpus, vocab_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".lock", "w") as lock:  # what a running `data_prep shards` holds for its whole run
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = run_cli("shards", "--source", small_corpus, "--vocab", vocab_dir, "--out", out, check=False)
+        one_line_error(result, "--out", "another data_prep run is writing there")
+    run_cli("shards", "--source", small_corpus, "--vocab", vocab_dir, "--out", out, "--quiet")  # released: runs
