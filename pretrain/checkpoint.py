@@ -110,11 +110,6 @@ class Checkpointer:
         return sorted(n for n in os.listdir(self.directory)
                       if n.startswith(PREFIX) and os.path.isdir(os.path.join(self.directory, n, TAG)))
 
-    def latest(self) -> str | None:
-        """Path of the newest complete checkpoint: the one `latest` names, else the newest on disk."""
-        candidates = self.candidates()
-        return candidates[0] if candidates else None
-
     def candidates(self) -> list[str]:
         """Complete checkpoints, the one `latest` names first, then the others newest first."""
         names = self.complete()[::-1]

@@ -91,12 +91,11 @@ class GradientControl:
             return torch.clamp(norm / self.max_grad_norm, min=1.0) * self.loss_scale
         return torch.full_like(norm, self.loss_scale)
 
-    def _begin_step(self) -> bool:
-        """False when this step is skipped; the cached norm is dropped either way."""
-        skip = self.overflow
-        if skip:
-            self._gradient_norm = None
-        return not skip
+    def _begin_step(self) -> torch.Tensor | None:
+        """The gradient divisor of this step, or None when the step is skipped; the cached norm is used up."""
+        divisor = None if self.overflow else self._gradient_divisor()
+        self._gradient_norm = None
+        return divisor
 
 
 def _from_torch_optimizer_state(optimizer, state_dict: dict) -> dict:
@@ -144,10 +143,9 @@ class Lamb(GradientControl, torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        if not self._begin_step():
+        divisor = self._begin_step()
+        if divisor is None:
             return loss
-        divisor = self._gradient_divisor()
-        self._gradient_norm = None
         for group in self.param_groups:
             params = [p for p in group["params"] if p.grad is not None]
             if not params:
@@ -185,10 +183,9 @@ class TorchOptimizerLamb(GradientControl, torch_optimizer.Lamb):
 
     @torch.no_grad()
     def step(self, closure=None):
-        if not self._begin_step():
+        divisor = self._begin_step()
+        if divisor is None:
             return None
-        divisor = self._gradient_divisor()
-        self._gradient_norm = None
         gradients = self._gradients()
         if gradients:
             torch._foreach_div_(gradients, divisor.to(gradients[0].dtype))
