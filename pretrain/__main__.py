@@ -118,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(lost_peer_message(error), file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        from .distributed import leave_after_error
+
+        leave_after_error()
 
 
 if __name__ == "__main__":

@@ -104,6 +104,15 @@ def leave_together() -> None:
         dist.destroy_process_group()
 
 
+def leave_after_error() -> None:
+    """The end of a run that raised: the process group is destroyed without waiting for the peers (the error
+    may be this rank's alone). Exiting with the group alive lets gloo's worker threads outlive the interpreter,
+    which aborts the process at exit (SIGABRT, "terminate called without an active exception") instead of
+    returning the one-line error's exit status. A no-op after `leave_together`."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def lost_a_peer(error: BaseException) -> bool:
     """An error of the collective layer: torch's distributed errors (NCCL's arrive as `DistBackendError`), or
     gloo's and NCCL's that surface as plain RuntimeErrors."""

@@ -70,6 +70,20 @@ def test_an_nccl_failure_ends_with_one_line(shard_root, tmp_path):
     assert "relaunch every node" in last_line(result)
 
 
+def test_an_error_leaves_no_process_group_behind(shard_root, tmp_path):
+    """Exiting with the process group alive lets gloo's threads outlive the interpreter, which aborts the
+    process at exit now and then (SIGABRT, "terminate called without an active exception", seen in CI) instead
+    of the error's exit status. Checked in the process itself, since the abort does not happen every time."""
+    command = train_command(shard_root, launcher=(sys.executable,))
+    arguments = command[command.index("train"):]
+    arguments[arguments.index("--set") + 1] = 'phases.0.shards="/no/such/shards/seq128"'
+    probe = ("import sys, torch.distributed as dist; from pretrain.__main__ import main; "
+             "code = main(sys.argv[1:]); print(code, dist.is_initialized())")
+    result = run_pretrain([sys.executable, "-c", probe, *arguments], tmp_path)
+    assert result.returncode == 0 and result.stdout.splitlines()[-1] == "2 False", result.stderr[-3000:]
+    assert last_line(result).startswith("pretrain: error: phases.0.shards: /no/such/shards/seq128")
+
+
 def test_a_non_finite_step_is_skipped_counted_and_leaves_lamb_untouched(shard_root, tmp_path):
     result = run_pretrain(with_faults(shard_root, nan_steps="4"), tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
