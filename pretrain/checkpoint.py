@@ -243,5 +243,8 @@ def read_trained_model(path: str) -> tuple[dict, dict, str | None]:
     states_path = os.path.join(path, TAG, MODEL_STATES_FILE)
     if not os.path.isfile(states_path):
         raise CheckpointError(f"--checkpoint {path}: no complete checkpoint there ({TAG}/{MODEL_STATES_FILE})")
+    problem = damage(path)  # the files as they were saved, or an export of a damaged model would go unnoticed
+    if problem:
+        raise CheckpointError(f"--checkpoint {path}: damaged ({problem}); export another step-N/ of it")
     states = torch.load(states_path, map_location="cpu", weights_only=False)
     return states["module"], states[MODEL_CONFIG_KEY], states.get(VOCAB_DIR_KEY)

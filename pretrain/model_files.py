@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from formats.errors import UserError
+from formats.errors import UserError, one_line
 from formats.files import atomic_folder
 from formats.layout import VOCAB_DIR
 from formats.vocabulary import VOCAB_FILE, copy_vocab_files
@@ -123,12 +124,24 @@ def save_model_folder(model: SqueezeBertForPretraining, out_dir: str, vocab_dir:
 
 
 def _load_weights(folder: str) -> dict[str, torch.Tensor]:
+    """A model folder's weights: safetensors, or else a `pytorch_model.bin` read with `weights_only=True`
+    (tensors only: a pickle that would run code is refused). A damaged file is a one-line error."""
     safetensors_path = os.path.join(folder, WEIGHTS_FILE)
-    if os.path.isfile(safetensors_path):
-        return load_file(safetensors_path)
     bin_path = os.path.join(folder, "pytorch_model.bin")
-    if os.path.isfile(bin_path):
-        return torch.load(bin_path, map_location="cpu", weights_only=True)
+    try:
+        if os.path.isfile(safetensors_path):
+            return load_file(safetensors_path)
+        if os.path.isfile(bin_path):
+            return torch.load(bin_path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights only load failed" in str(error).lower():
+            raise ExportError(f"{bin_path}: refused: it holds more than tensors, and unpickling it could run code; "
+                              "convert it to model.safetensors with a tool you trust") from error
+        raise ExportError(f"{bin_path}: not a readable weights file ({one_line(error)[:200]})") from error
+    except (SafetensorError, RuntimeError, EOFError) as error:
+        name = WEIGHTS_FILE if os.path.isfile(safetensors_path) else "pytorch_model.bin"
+        raise ExportError(f"{os.path.join(folder, name)}: not a readable weights file ({one_line(error)[:200]}); "
+                          "download or export it again") from error
     raise ExportError(f"{folder}: no {WEIGHTS_FILE} or pytorch_model.bin")
 
 

@@ -38,3 +38,44 @@ def test_export_cli_bad_checkpoint_is_one_line(tmp_path):
     result = run_pretrain("export", "--checkpoint", tmp_path / "missing", "--out", tmp_path / "export")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [result.stderr.strip()] and "--checkpoint" in result.stderr
+
+
+def tiny_model():
+    config = ModelConfig(vocab_size=512, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)
+    return SqueezeBertForPretraining(config).eval()
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (print, ("this pickle ran code",))
+
+
+def test_a_transformers_folder_is_read_through_safetensors_and_an_unsafe_bin_is_refused(tmp_path):
+    from transformers import SqueezeBertConfig, SqueezeBertModel
+
+    folder = tmp_path / "hub"
+    config = SqueezeBertConfig(vocab_size=512, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=64, embedding_size=32)
+    SqueezeBertModel(config).save_pretrained(folder)  # model.safetensors
+    assert (folder / "model.safetensors").is_file()
+    assert run_pretrain("export", "--checkpoint", folder, "--out", tmp_path / "export").returncode == 0
+    # an older folder with only pytorch_model.bin: tensors load (weights_only=True), anything else is refused
+    weights = SqueezeBertModel(config).state_dict()
+    (folder / "model.safetensors").unlink()
+    torch.save(weights, folder / "pytorch_model.bin")
+    assert run_pretrain("export", "--checkpoint", folder, "--out", tmp_path / "export2").returncode == 0
+    torch.save({**weights, "extra": RunsCode()}, folder / "pytorch_model.bin")
+    refused = run_pretrain("export", "--checkpoint", folder, "--out", tmp_path / "export3")
+    assert refused.returncode == 2 and "this pickle ran code" not in refused.stdout + refused.stderr
+    assert refused.stderr.strip().splitlines() == [refused.stderr.strip()] and "refused" in refused.stderr
+    assert not (tmp_path / "export3").exists()
+
+
+def test_a_damaged_weights_file_is_one_line(tmp_path):
+    save_model_folder(tiny_model(), str(tmp_path / "model"))
+    weights = tmp_path / "model" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    result = run_pretrain("export", "--checkpoint", tmp_path / "model", "--out", tmp_path / "export")
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert "model.safetensors: not a readable weights file" in result.stderr

@@ -288,6 +288,18 @@ def test_latest_naming_a_missing_checkpoint_falls_back(reference, shard_root, tm
     assert "resumed from checkpoints/step-00000012" in result.stderr and "training complete" in result.stderr
 
 
+def test_export_of_a_damaged_checkpoint_is_refused_in_one_line(reference, tmp_path):
+    damaged_copy(reference, tmp_path, "flipped")  # still unpickles: only its recorded sha256 tells
+    command = [sys.executable, "-m", "pretrain", "export", "--checkpoint", "checkpoints", "--out", "export"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "damaged (state/mp_rank_00_model_states.pt does not match its sha256)" in result.stderr
+    assert not (tmp_path / "export").exists()
+    good = subprocess.run([*command[:5], "checkpoints/step-00000009", "--out", "export"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert good.returncode == 0, good.stderr[-3000:]
+
+
 def test_no_usable_checkpoint_is_one_line(reference, shard_root, tmp_path):
     damaged_copy(reference, tmp_path, "truncated")
     (tmp_path / "checkpoints" / "step-00000009" / "files.json").write_text("{not json")
