@@ -180,8 +180,10 @@ class Trainer:
         if not bool(finite):  # the same parameters on every rank: every rank stops here
             raise TrainingDiverged(f"global step {self.state.global_step}: the parameters are not finite, so no "
                                    "checkpoint was written; the last complete one is kept")
+        started = time.monotonic()
         path = self.checkpointer.save(self.engine, self.state.global_step, self.client_state())
-        self.metrics.line(f"saved {path}")
+        # how long a save takes here is what the batch system's KillWait (or --signal's lead) must cover
+        self.metrics.line(f"saved {path} in {time.monotonic() - started:.1f} s")
 
     def resume(self) -> None:
         path, problems = self.checkpointer.usable()
