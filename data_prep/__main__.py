@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from formats.errors import UserError
+from formats.errors import OneLineArgumentParser, UserError
 from formats.layout import seq_folder, vocab_dir
 
 from .config import SPECIAL_TOKENS, PrepConfig, PrepError, parse_part
@@ -31,7 +31,7 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m data_prep", description=__doc__.splitlines()[0])
+    parser = OneLineArgumentParser(prog="python -m data_prep", name="data_prep", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     vocab = commands.add_parser("vocab", help="train an uncased WordPiece vocabulary, or import a vocab.txt")
@@ -105,17 +105,18 @@ def command_vocab(args: argparse.Namespace) -> None:
 
     if args.import_vocab and args.source:
         raise PrepError("give either --import-vocab or --source, not both")
-    _check_writable(args.out)  # before minutes of training, not after
-    if args.import_vocab:
-        tokenizer = import_vocab(args.import_vocab, lowercase=not args.cased)
-    else:
+    if not args.import_vocab:
         if not args.source:
             raise PrepError("--source: give at least one source to train on (or --import-vocab)")
         if args.vocab_size < 16:
             raise PrepError(f"--vocab-size {args.vocab_size}: too small")
         config = PrepConfig(sources=list(args.source), max_line_mb=args.max_line_mb,
                             bookcorpus_doc_sentences=args.bookcorpus_doc_sentences)
-        specs = [parse_source(s) for s in config.sources]
+        specs = [parse_source(s) for s in config.sources]  # bad sources are named before --out is made
+    _check_writable(args.out)  # before minutes of training, not after
+    if args.import_vocab:
+        tokenizer = import_vocab(args.import_vocab, lowercase=not args.cased)
+    else:
         reader = DocumentReader(specs, config, SkipCounter())
         tokenizer = train_vocab(training_texts(reader, clean), args.vocab_size, not args.cased, args.min_frequency)
         if tokenizer.get_vocab_size() <= len(SPECIAL_TOKENS):

@@ -3,7 +3,10 @@
 A document is a list of paragraphs (or, for BookCorpus, of sentences that are already split). What is
 unusable is skipped and counted by reason in a `Counter` that ends up in the manifest; the first few
 skips of each reason are also reported on stderr with the file they came from. What cannot be read at
-all (a path that does not exist, a parquet file without a `text` column) is a `PrepError`.
+all (a path that does not exist, a damaged parquet file, a parquet file or saved dataset without a `text`
+column) is a `PrepError`, raised by `parse_source` before any work starts: it reads every parquet file's
+footer and every saved dataset's features (the schema only, not the data), so a bad file among thousands is
+named in seconds, not hours into a run.
 
 Source specs (`--source`, repeatable, read in the order given):
 
@@ -29,6 +32,8 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator
+
+from formats.errors import one_line
 
 from .config import PrepConfig, PrepError
 
@@ -72,17 +77,75 @@ class SourceSpec:
 
 
 def parse_source(spec: str) -> SourceSpec:
+    """One `--source` spec, checked as far as is cheap (paths exist, schemas have a `text` column)."""
     name, _, path = spec.partition("=")
     if name == "bookcorpus":
-        return SourceSpec("bookcorpus", path or "bookcorpus")
-    if name.startswith("wikipedia:") or name == "wikipedia":
+        source = SourceSpec("bookcorpus", path or "bookcorpus")
+    elif name.startswith("wikipedia:") or name == "wikipedia":
         config_name = name.partition(":")[2]
         if not config_name:
             raise PrepError(f"--source {spec}: name a Wikipedia dump config, e.g. wikipedia:20231101.en")
-        return SourceSpec("wikipedia", path or "wikimedia/wikipedia", config_name)
-    if not os.path.exists(spec):
+        source = SourceSpec("wikipedia", path or "wikimedia/wikipedia", config_name)
+    elif not os.path.exists(spec):
         raise PrepError(f"--source {spec}: no such file or folder")
-    return SourceSpec("local", spec)
+    else:
+        source = SourceSpec("local", spec)
+    if source.kind != "local" and path and not os.path.exists(path):
+        raise PrepError(f"--source {spec}: no such folder; give a local copy (a folder of parquet files with a "
+                        f"'text' column), or {name} alone to stream it from the hub")
+    check_schemas(source)
+    return source
+
+
+def check_schemas(spec: SourceSpec) -> None:
+    """Opens every parquet file and saved dataset of a source for its schema alone (a parquet footer, a
+    dataset's features), so that a damaged file or a missing `text` column stops the run before any work.
+    A streamed hub source is not opened here: that would mean a network round trip per file."""
+    if not os.path.exists(spec.location):
+        return  # a hub id, streamed
+    if spec.kind == "local" and is_saved_dataset(spec.location):
+        load_saved_dataset(spec.location)
+        return
+    for path in list_files(spec.location):
+        # An empty local file is a counted skip; the hub loader reads every file it is given.
+        if path.lower().endswith(".parquet") and (spec.kind != "local" or os.path.getsize(path) > 0):
+            open_parquet(path)
+
+
+def open_parquet(path: str):
+    """The file as a `pyarrow.parquet.ParquetFile` (its footer read, no data), checked to have `text`."""
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as error:  # pyarrow raises several types (ArrowInvalid, OSError) for a damaged file
+        raise PrepError(f"{path}: not a readable parquet file ({one_line(error)}); "
+                        "re-download it or remove it from the source") from None
+    columns = parquet.schema_arrow.names
+    if "text" not in columns:
+        raise PrepError(f"{path}: has no 'text' column (columns: {', '.join(columns)}); "
+                        "the documents must be in a column named 'text'")
+    return parquet
+
+
+def load_saved_dataset(path: str) -> list:
+    """The splits of a folder saved by `datasets` (memory-mapped, not read), checked to have `text`."""
+    import datasets
+
+    try:
+        loaded = datasets.load_from_disk(path)
+    except Exception as error:  # datasets and pyarrow raise many types for a damaged folder
+        raise PrepError(f"{path}: not a readable saved dataset ({one_line(error)}); "
+                        "save it again with save_to_disk or remove it from the source") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        splits = [(f"{path} (split {name})", loaded[name]) for name in sorted(loaded)]
+    else:
+        splits = [(path, loaded)]
+    for where, split in splits:
+        if "text" not in split.column_names:
+            raise PrepError(f"{where}: dataset has no 'text' column (columns: {', '.join(split.column_names)}); "
+                            "the documents must be in a column named 'text'")
+    return [split for _, split in splits]
 
 
 def is_saved_dataset(path: str) -> bool:
@@ -281,25 +344,19 @@ class DocumentReader:
             yield row.get("text") if isinstance(row, dict) else None
 
     def _parquet_rows(self, path: str) -> Iterator[object]:
-        import pyarrow.parquet as pq
-
-        try:
-            parquet = pq.ParquetFile(path)
-        except Exception as error:  # pyarrow raises several types for a damaged file
-            raise PrepError(f"{path}: not a readable parquet file ({error})") from None
-        if "text" not in parquet.schema_arrow.names:
-            raise PrepError(f"{path}: has no 'text' column (columns: {parquet.schema_arrow.names})")
-        for batch in parquet.iter_batches(batch_size=1024, columns=["text"]):
+        batches = open_parquet(path).iter_batches(batch_size=1024, columns=["text"])
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except Exception as error:  # damage past the footer shows only when the data is decoded
+                raise PrepError(f"{path}: damaged parquet data ({one_line(error)}); "
+                                "re-download it or remove it from the source") from None
             yield from batch.column(0).to_pylist()
 
     def _saved_dataset_rows(self, path: str) -> Iterator[object]:
-        import datasets
-
-        loaded = datasets.load_from_disk(path)
-        splits = [loaded[name] for name in sorted(loaded)] if isinstance(loaded, datasets.DatasetDict) else [loaded]
-        for split in splits:
-            if "text" not in split.column_names:
-                raise PrepError(f"{path}: dataset has no 'text' column (columns: {split.column_names})")
+        for split in load_saved_dataset(path):
             for batch in split.select_columns(["text"]).iter(batch_size=1024):
                 yield from batch["text"]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -39,6 +40,9 @@ def init_worker(tokenizer_path: str, config: dict, out_dir: str, vocab_size: int
         vocab_size=vocab_size,
     )
     if parent_pid:
+        # Ctrl-C signals the whole process group: the main process answers it (ends the pool, prints one line,
+        # exits 130); a worker that raised KeyboardInterrupt too would print its own traceback.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
 
 

@@ -1,6 +1,10 @@
 """The one user-facing error base: every command line catches `UserError`, prints `<prog>: error: <message>`
 on one line and exits 2. Each stage subclasses it for its own errors; none is translated into another on
-the way up."""
+the way up. Command-line flags argparse rejects end the same way (`OneLineArgumentParser`)."""
+
+import argparse
+import functools
+from typing import NoReturn
 
 
 class UserError(Exception):
@@ -18,3 +22,22 @@ class FileWriteError(UserError):
 def one_line(error: BaseException, limit: int = 240) -> str:
     """An exception's message on one line (library messages often span several)."""
     return " ".join(str(error).split())[:limit]
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """An `ArgumentParser` whose errors read like every other bad input: `<name>: error: <message> (see <prog>
+    --help)` on one line, exit 2. argparse's own error prints the usage block first, which in a job log
+    buries the one line that says what was wrong; `--help` still prints the full help."""
+
+    def __init__(self, *args, name: str, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.name = name
+
+    def add_subparsers(self, **kwargs):
+        # argparse builds each subcommand's parser as parser_class(**add_parser kwargs), type(self) by
+        # default; the subcommands need the same name so their errors start the same way.
+        kwargs.setdefault("parser_class", functools.partial(type(self), name=self.name))
+        return super().add_subparsers(**kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.name}: error: {one_line(message)} (see {self.prog} --help)\n")

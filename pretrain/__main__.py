@@ -17,7 +17,9 @@ EXIT_FAILED = 1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pretrain", description=__doc__.splitlines()[0])
+    from formats.errors import OneLineArgumentParser
+
+    parser = OneLineArgumentParser(prog="python -m pretrain", name="pretrain", description=__doc__.splitlines()[0])
     # The `deepspeed` launcher passes --local_rank before the command; the rank comes from the environment.
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True)

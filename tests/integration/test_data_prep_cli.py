@@ -173,6 +173,102 @@ def test_bad_input_gives_one_line_errors(vocab_dir, tmp_path):
                            "--part", "3/3", check=False), "--part")
 
 
+def test_bad_flag_values_give_one_line_and_no_usage_block(small_corpus, vocab_dir, tmp_path):
+    out = tmp_path / "out"
+    shards = ["shards", "--source", small_corpus, "--vocab", vocab_dir, "--out", out]
+    one_line_error(run_cli(*shards, "--num-proc", "abc", check=False),
+                   "data_prep: error: argument --num-proc: invalid int value: 'abc'", "--help")
+    one_line_error(run_cli(*shards, "--shard-text-mb", "-1", check=False), "--shard-text-mb -1.0: must be positive")
+    one_line_error(run_cli(*shards[:-2], check=False), "required: --out", "(see python -m data_prep shards --help)")
+    one_line_error(run_cli("shard", check=False), "invalid choice: 'shard'")
+    one_line_error(run_cli("vocab", "--source", small_corpus, "--out", out, "--vocab-size", "many", check=False),
+                   "--vocab-size")
+    assert not out.exists()  # rejected before any work
+    helped = run_cli("shards", "--help")
+    assert helped.stdout.startswith("usage: python -m data_prep shards") and "--shard-text-mb" in helped.stdout
+
+
+def test_damaged_parquet_or_no_text_column_is_named_before_any_work(small_corpus, vocab_dir, tmp_path):
+    """The bad file comes after a good source: it is still named before the good one is read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    pq.write_table(pa.table({"text": ["A sentence. Another one."] * 100}), corpus / "part-0.parquet")
+    data = (corpus / "part-0.parquet").read_bytes()
+    (corpus / "part-1.parquet").write_bytes(data[: len(data) - 100])  # a download cut short: no footer
+    out = tmp_path / "out"
+    result = run_cli("shards", "--source", small_corpus, "--source", corpus, "--vocab", vocab_dir, "--out", out,
+                     check=False)
+    one_line_error(result, f"{corpus / 'part-1.parquet'}: not a readable parquet file", "re-download")
+    (corpus / "part-1.parquet").unlink()
+    pq.write_table(pa.table({"id": [1], "title": ["T"]}), corpus / "part-2.parquet")
+    result = run_cli("shards", "--source", small_corpus, "--source", corpus, "--vocab", vocab_dir, "--out", out,
+                     check=False)
+    one_line_error(result, f"{corpus / 'part-2.parquet'}: has no 'text' column (columns: id, title)")
+    result = run_cli("vocab", "--source", small_corpus, "--source", f"wikipedia:20231101.en={corpus}",
+                     "--out", out, check=False)
+    one_line_error(result, "part-2.parquet: has no 'text' column")
+    assert not out.exists()
+
+
+def test_ctrl_c_exits_130_with_one_line_and_the_same_command_resumes(reference, small_corpus, vocab_dir, tmp_path):
+    out = tmp_path / "interrupted"
+    command = [sys.executable, "-m", "data_prep", "shards", "--source", small_corpus, "--vocab", vocab_dir,
+               "--out", str(out), "--num-proc", "2", "--quiet", *SMALL_UNITS]
+    # A session of its own stands for the terminal's foreground process group: Ctrl-C signals every process
+    # in it, the workers included, not only the main process.
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    progress = out / "seq512" / ".progress"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if progress.is_dir() and os.listdir(progress):
+            break
+        time.sleep(0.02)
+    assert process.poll() is None, "the run ended before it could be interrupted; use smaller units"
+    workers = children_of(process.pid)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines() == ["data_prep: interrupted; rerun the same command to resume"], stderr
+    assert not (out / "seq128" / "manifest.json").exists() and not (out / "seq512" / "manifest.json").exists()
+    assert workers and wait_until_gone(workers) == []
+    run_cli(*command[3:])  # the same command again
+    assert_same_shards(reference, str(out))
+
+
+def children_of(pid):
+    children = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rpartition(")")[2].split()  # after the command name, which may hold spaces
+        except (OSError, ValueError):
+            continue  # not a process, or one that just ended
+        if int(fields[1]) == pid:
+            children.append(int(entry))
+    return children
+
+
+def wait_until_gone(pids, timeout=10.0):
+    """The pids still running after `timeout` seconds (a zombie has ended: only its exit status is left)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        alive = []
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/stat") as handle:
+                    if handle.read().rpartition(")")[2].split()[0] != "Z":
+                        alive.append(pid)
+            except OSError:
+                pass
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)
+
+
 def test_changed_settings_do_not_mix_into_an_existing_output(reference, small_corpus, vocab_dir):
     result = run_cli("shards", "--source", small_corpus, "--vocab", vocab_dir, "--out", reference, "--seed", "7",
                      *SMALL_UNITS, check=False)

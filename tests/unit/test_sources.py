@@ -90,12 +90,53 @@ def test_hundred_megabyte_line_is_skipped_without_holding_it(tmp_path):
 def test_missing_path_and_missing_text_column(tmp_path):
     with pytest.raises(PrepError, match="no such file"):
         read(tmp_path / "nope")
-    pq.write_table(pa.table({"body": ["x"]}), tmp_path / "bad.parquet")
-    with pytest.raises(PrepError, match="bad.parquet: has no 'text' column"):
+    pq.write_table(pa.table({"id": [1], "title": ["x"]}), tmp_path / "bad.parquet")
+    with pytest.raises(PrepError, match=r"bad.parquet: has no 'text' column \(columns: id, title\)"):
         read(tmp_path / "bad.parquet")
     (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
-    with pytest.raises(PrepError, match="broken.parquet: not a readable parquet"):
+    with pytest.raises(PrepError, match="broken.parquet: not a readable parquet file .*; re-download"):
         read(tmp_path / "broken.parquet")
+
+
+def test_schemas_are_checked_when_the_source_is_parsed_before_any_row_is_read(tmp_path):
+    """A damaged file or a missing `text` column deep in a folder is named by `parse_source`, before any work;
+    an empty file stays a counted skip, as everywhere."""
+    folder = tmp_path / "corpus"
+    (folder / "sub").mkdir(parents=True)
+    pq.write_table(pa.table({"text": ["A document."] * 3}), folder / "part-0.parquet")
+    (folder / "part-1.parquet").write_bytes(b"")
+    data = (folder / "part-0.parquet").read_bytes()
+    (folder / "sub" / "part-2.parquet").write_bytes(data[: len(data) // 2])  # footer cut off
+    with pytest.raises(PrepError, match="part-2.parquet: not a readable parquet file"):
+        parse_source(str(folder))
+    (folder / "sub" / "part-2.parquet").unlink()
+    assert parse_source(str(folder)).kind == "local"
+    assert read(folder)[1] == {"empty_file": 1}
+
+    import datasets
+
+    datasets.Dataset.from_dict({"body": ["x"]}).save_to_disk(str(tmp_path / "saved"))
+    with pytest.raises(PrepError, match=r"saved: dataset has no 'text' column \(columns: body\)"):
+        parse_source(str(tmp_path / "saved"))
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["x"]}),
+                          "test": datasets.Dataset.from_dict({"title": ["y"]})}).save_to_disk(str(tmp_path / "dict"))
+    with pytest.raises(PrepError, match=r"dict \(split test\): dataset has no 'text' column"):
+        parse_source(str(tmp_path / "dict"))
+    arrow = next((tmp_path / "saved").glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[:40])
+    with pytest.raises(PrepError, match="saved: not a readable saved dataset"):
+        parse_source(str(tmp_path / "saved"))
+
+
+def test_hub_local_copies_are_checked_up_front(tmp_path):
+    wiki = tmp_path / "wikipedia"
+    wiki.mkdir()
+    pq.write_table(pa.table({"id": ["1"], "title": ["T"]}), wiki / "train.parquet")
+    with pytest.raises(PrepError, match="train.parquet: has no 'text' column"):
+        parse_source(f"wikipedia:20231101.en={wiki}")
+    with pytest.raises(PrepError, match="bookcorpus=.*missing: no such folder; .* bookcorpus alone"):
+        parse_source(f"bookcorpus={tmp_path / 'missing'}")
+    assert parse_source("bookcorpus").location == "bookcorpus"  # streamed: nothing to open before the run
 
 
 def test_sentence_splitting_keeps_paragraph_boundaries():
