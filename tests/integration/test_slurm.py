@@ -11,7 +11,7 @@ import torch
 from tests.conftest import ROOT, run_cli
 from tests.fake_slurm import environment, jobs, wait_until_idle
 from tests.integration.test_data_prep_cli import SMALL_UNITS, assert_same_shards, reference  # noqa: F401
-from tests.integration.test_trainer import LAUNCHERS, final_parameters, run, train_command, with_port
+from tests.integration.test_trainer import final_parameters, train_command
 
 CONFIG = os.path.join(ROOT, "configs", "tiny.toml")
 
@@ -20,12 +20,10 @@ def overrides(shard_root):
     return train_command(shard_root)[train_command(shard_root).index("--config") + 2:]
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(shard_root, tmp_path_factory):
-    """One run of the schedule, uninterrupted, under the launcher the SLURM jobs use (deepspeed, 2 ranks)."""
-    workdir = tmp_path_factory.mktemp("uninterrupted")
-    run(train_command(shard_root, launcher=with_port(LAUNCHERS["deepspeed"])), workdir)
-    return str(workdir)
+@pytest.fixture
+def uninterrupted(launcher_references):
+    """The schedule run once, uninterrupted, under the launcher the SLURM jobs use (deepspeed, 2 ranks)."""
+    return launcher_references("deepspeed")
 
 
 @pytest.fixture

@@ -209,22 +209,6 @@ LAUNCHERS = {
 }
 
 
-@pytest.fixture(scope="module")
-def launcher_references(shard_root, tmp_path_factory):
-    """An uninterrupted run under each launcher, made on first use. The launchers differ in more than the
-    ranks (torchrun sets OMP_NUM_THREADS=1, which changes the CPU kernels' summation order), so each resume
-    is compared bit for bit with a run under its own launcher."""
-    runs = {}
-
-    def reference_for(launcher):
-        if launcher not in runs:
-            workdir = tmp_path_factory.mktemp(f"reference_{launcher}")
-            run(train_command(shard_root, launcher=with_port(LAUNCHERS[launcher])), workdir)
-            runs[launcher] = str(workdir)
-        return runs[launcher]
-    return reference_for
-
-
 def with_port(launcher):
     if "deepspeed" in launcher[0] or "torchrun" in launcher[0]:
         return (launcher[0], "--master_port", str(random.randint(20000, 40000)), *launcher[1:])
