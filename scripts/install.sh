@@ -22,8 +22,12 @@ extras=""
 
 pip_install() { PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install --quiet --disable-pip-version-check "$@"; }
 
+# A torch that is already installed is kept: on a cluster it is the build made for its CUDA driver, and
+# replacing it would be worse than running on another release than the tests cover.
 if ! "$PYTHON" -c "import torch" 2>/dev/null; then
     pip_install "$TORCH_SPEC" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
+elif ! "$PYTHON" -c "import importlib.metadata as m, sys; sys.exit(f'torch=={m.version(\"torch\")}'.split('+')[0] != '$TORCH_SPEC')" 2>/dev/null; then
+    echo "install: keeping the installed torch $("$PYTHON" -c "import torch; print(torch.__version__)"); the tests cover $TORCH_SPEC" >&2
 fi
 pip_install setuptools wheel ninja
 installed=$("$PYTHON" -c "import importlib.metadata as m; print(m.version('deepspeed'))" 2>/dev/null || true)
