@@ -120,8 +120,12 @@ def test_kill_and_rerun_gives_identical_shards(reference, small_corpus, vocab_di
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     assert not (out / "seq128" / "manifest.json").exists()  # a killed run is never taken as complete
+    finished = {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in out.glob("seq*/*.arrow")}
+    assert finished, "no unit had finished when the run was killed"
     run_cli(*command[3:])  # the same command again
     assert_same_shards(reference, str(out))
+    # the finished units' shards were kept, not made again
+    assert {path: (path.stat().st_ino, path.stat().st_mtime_ns) for path in finished} == finished
     again = run_cli(*command[3:])
     assert "nothing to do" in again.stderr
 
