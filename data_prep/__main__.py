@@ -13,6 +13,7 @@ from formats.errors import OneLineArgumentParser, UserError
 from formats.layout import seq_folder, vocab_dir
 
 from .config import SPECIAL_TOKENS, PrepConfig, PrepError, parse_part
+from .plain_text import TEXT_FORMATS
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
@@ -26,6 +27,12 @@ def _add_source_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-line-mb", type=float, default=PrepConfig.max_line_mb,
                         help="skip (and count) lines longer than this (default %(default)s)")
+    parser.add_argument("--text-format", choices=TEXT_FORMATS, default=PrepConfig.text_format,
+                        help="plain-text files: `lines` (a line is a paragraph, a blank line ends a document), "
+                        "`paragraphs` (hard-wrapped: lines joined, a file is a document) or `auto` (decided per "
+                        "file; default). A source can carry its own: --source books/::paragraphs")
+    parser.add_argument("--doc-separator", metavar="REGEX",
+                        help="a plain-text line matching REGEX whole ends a document (many documents in a file)")
     parser.add_argument("--bookcorpus-doc-sentences", type=int, default=PrepConfig.bookcorpus_doc_sentences,
                         help="BookCorpus rows per document (default %(default)s)")
 
@@ -90,6 +97,8 @@ def prep_config(args: argparse.Namespace) -> PrepConfig:
         short_seq_prob=args.short_seq_prob,
         shard_text_mb=args.shard_text_mb,
         max_line_mb=args.max_line_mb,
+        text_format=args.text_format,
+        doc_separator=args.doc_separator,
         max_sentence_tokens=args.max_sentence_tokens,
         bookcorpus_doc_sentences=args.bookcorpus_doc_sentences,
         lowercase=not args.cased,
@@ -111,6 +120,7 @@ def command_vocab(args: argparse.Namespace) -> None:
         if args.vocab_size < 16:
             raise PrepError(f"--vocab-size {args.vocab_size}: too small")
         config = PrepConfig(sources=list(args.source), max_line_mb=args.max_line_mb,
+                            text_format=args.text_format, doc_separator=args.doc_separator,
                             bookcorpus_doc_sentences=args.bookcorpus_doc_sentences)
         specs = [parse_source(s) for s in config.sources]  # bad sources are named before --out is made
     _check_writable(args.out)  # before minutes of training, not after

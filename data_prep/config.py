@@ -8,9 +8,12 @@ and manifests are byte-identical whatever the number of worker processes.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 
 from formats.errors import UserError
+
+from .plain_text import TEXT_FORMATS
 
 
 class PrepError(UserError):
@@ -53,6 +56,15 @@ class PrepConfig:
     """Sentences with more wordpieces are cut into pieces of this size (a run-on 'sentence' of a table or
     a list); keeps one sentence from making a single-segment chunk larger than any sequence."""
 
+    text_format: str = "auto"
+    """How plain-text files are read (`data_prep.plain_text`): `lines` (a line is a paragraph, a blank line
+    ends a document), `paragraphs` (hard-wrapped text: lines joined into paragraphs, a file is a document) or
+    `auto` (decided per file from its first lines). A `::FORMAT` suffix on a `--source` overrides it."""
+
+    doc_separator: str | None = None
+    """A regular expression: a plain-text line that matches it whole ends a document (several documents in
+    one file)."""
+
     bookcorpus_doc_sentences: int = 256
     """BookCorpus on the hub is one sentence per row with no book boundaries: a document is this many
     consecutive rows (enough for several 512-token pairs; a boundary between books falls inside roughly
@@ -80,6 +92,14 @@ class PrepConfig:
             raise PrepError(f"--short-seq-prob {self.short_seq_prob}: must be within [0, 1]")
         if self.shard_text_mb <= 0:
             raise PrepError(f"--shard-text-mb {self.shard_text_mb}: must be positive")
+        if self.text_format not in TEXT_FORMATS:
+            raise PrepError(f"--text-format {self.text_format}: choose one of {', '.join(TEXT_FORMATS)}")
+        if self.doc_separator is not None:
+            try:
+                re.compile(self.doc_separator)
+            except re.error as error:
+                raise PrepError(f"--doc-separator {self.doc_separator!r}: not a regular expression ({error})") \
+                    from None
         if self.max_line_mb <= 0:
             raise PrepError(f"--max-line-mb {self.max_line_mb}: must be positive")
         if self.max_sentence_tokens < 2:

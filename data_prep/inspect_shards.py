@@ -88,6 +88,7 @@ def shard_set_stats(folder: str, batch_size: int = 32, seed: int = 0) -> dict:
         "sop_swapped_fraction": swapped / examples if examples else 0.0,
         "skipped": manifest["skipped"],
         "inputs": manifest["inputs"],
+        "text_formats": manifest.get("text_formats", {}),
     }
 
 
@@ -106,4 +107,23 @@ def print_stats(stats: dict, as_json: bool) -> None:
     print(f"  SOP balance: {stats['sop_swapped_fraction']:.1%} swapped")
     if stats["skipped"]:
         print("  skipped: " + ", ".join(f"{k}={v:,}" for k, v in stats["skipped"].items()))
+    print_text_formats(stats["text_formats"])
+
+
+def print_text_formats(text_formats: dict, shown: int = 5) -> None:
+    """How the plain-text files were read: a count per format, then the first few files with auto's evidence."""
+    if not text_formats:
+        return
+    counts: dict[str, int] = {}
+    for decision in text_formats.values():
+        key = f"{decision['format']} ({decision['chosen_by']})"
+        counts[key] = counts.get(key, 0) + 1
+    print("  plain-text files read as: " + ", ".join(f"{k}: {v:,}" for k, v in counts.items()))
+    for path, decision in list(text_formats.items())[:shown]:
+        evidence = decision.get("evidence")
+        why = (f": {evidence['ending_mid_sentence']:.0%} of {evidence['lines_inside_blocks']} lines inside "
+               f"blocks end mid-sentence, 90% of lines <= {evidence['p90_line_chars']} chars") if evidence else ""
+        print(f"    {path}: {decision['format']}{why}")
+    if len(text_formats) > shown:
+        print(f"    ... and {len(text_formats) - shown:,} more (--json lists all)")
 

@@ -76,7 +76,7 @@ def run_shards(config: PrepConfig, vocab_dir: str, out_dir: str, num_proc: int, 
         meter.advance(input_bytes, record)
 
     try:
-        for unit_index, documents, unit_skips, input_bytes in work_units(reader, unit_bytes):
+        for unit_index, documents, unit_skips, text_formats, input_bytes in work_units(reader, unit_bytes):
             if unit_index % config.part_count != config.part_index:
                 meter.advance(input_bytes, None)
                 continue
@@ -86,9 +86,9 @@ def run_shards(config: PrepConfig, vocab_dir: str, out_dir: str, num_proc: int, 
                 meter.advance(input_bytes, done, resumed=True)
                 continue
             if pool is None:
-                collect((unit_index, input_bytes, process_unit(unit_index, documents, unit_skips)))
+                collect((unit_index, input_bytes, process_unit(unit_index, documents, unit_skips, text_formats)))
                 continue
-            result = pool.apply_async(process_unit, (unit_index, documents, unit_skips))
+            result = pool.apply_async(process_unit, (unit_index, documents, unit_skips, text_formats))
             pending.append((unit_index, input_bytes, result))
             del documents
             while len(pending) >= 2 * num_proc:

@@ -28,16 +28,23 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections import Counter
 from dataclasses import dataclass
+from itertools import chain
 from typing import Iterator
 
 from formats.errors import one_line
 
 from .config import PrepConfig, PrepError
+from .plain_text import TEXT_FORMATS, decide_format, line_documents, paragraph_documents, sample_and_rest
 
 WARNINGS_PER_REASON = 5
+# The hub's BookCorpus as parquet: the conversion the hub keeps of every dataset (`refs/convert/parquet`),
+# in its `plain_text` config folder.
+BOOKCORPUS_PARQUET_REVISION = "refs/convert/parquet"
+BOOKCORPUS_PARQUET_CONFIG = "plain_text"
 
 
 @dataclass
@@ -70,6 +77,7 @@ class SourceSpec:
     kind: str  # bookcorpus | wikipedia | local
     location: str  # hub id, or a local path
     config_name: str | None = None
+    text_format: str | None = None  # from a `::FORMAT` suffix: how this source's plain-text files are read
 
     @property
     def label(self) -> str:
@@ -78,9 +86,23 @@ class SourceSpec:
 
 def parse_source(spec: str) -> SourceSpec:
     """One `--source` spec, checked as far as is cheap (paths exist, schemas have a `text` column)."""
+    text_format = None
+    body, suffix, given_format = spec.rpartition("::")
+    if suffix:
+        if given_format not in TEXT_FORMATS:
+            raise PrepError(f"--source {spec}: '::{given_format}' is not a text format; "
+                            f"choose one of {', '.join(TEXT_FORMATS)}")
+        spec, text_format = body, given_format
+    source = _parse_location(spec)
+    source.text_format = text_format
+    check_schemas(source)
+    return source
+
+
+def _parse_location(spec: str) -> SourceSpec:
     name, _, path = spec.partition("=")
     if name == "bookcorpus":
-        source = SourceSpec("bookcorpus", path or "bookcorpus")
+        source = SourceSpec("bookcorpus", path or "bookcorpus/bookcorpus")
     elif name.startswith("wikipedia:") or name == "wikipedia":
         config_name = name.partition(":")[2]
         if not config_name:
@@ -93,7 +115,6 @@ def parse_source(spec: str) -> SourceSpec:
     if source.kind != "local" and path and not os.path.exists(path):
         raise PrepError(f"--source {spec}: no such folder; give a local copy (a folder of parquet files with a "
                         f"'text' column), or {name} alone to stream it from the hub")
-    check_schemas(source)
     return source
 
 
@@ -187,7 +208,10 @@ class DocumentReader:
         self.skips = skips
         self.max_line_bytes = int(config.max_line_mb * 1024 * 1024)
         self.max_doc_bytes = int(config.shard_text_mb * 1024 * 1024)
+        self.separator = re.compile(config.doc_separator) if config.doc_separator else None
         self.bytes_read = 0
+        # How each plain-text file was read, in reading order: (path, {"format", "chosen_by", "evidence"}).
+        self.text_formats: list[tuple[str, dict]] = []
 
     def __iter__(self) -> Iterator[Document]:
         for spec in self.specs:
@@ -199,11 +223,11 @@ class DocumentReader:
                 yield from self._row_documents(self._saved_dataset_rows(spec.location), spec.location)
             else:
                 for path in list_files(spec.location):
-                    yield from self._file(path)
+                    yield from self._file(path, spec.text_format or self.config.text_format)
 
     # -- local files ------------------------------------------------------------------------------
 
-    def _file(self, path: str) -> Iterator[Document]:
+    def _file(self, path: str, text_format: str) -> Iterator[Document]:
         try:
             size = os.path.getsize(path)
         except OSError as error:
@@ -217,7 +241,7 @@ class DocumentReader:
         elif lower.endswith((".jsonl", ".json")):
             documents = self._row_documents(self._jsonl_rows(path), path, count_bytes=False)
         else:
-            documents = self._text_file(path)
+            documents = self._text_file(path, text_format)
         count = 0
         for count, document in enumerate(documents, start=1):
             yield document
@@ -256,34 +280,32 @@ class DocumentReader:
                     self.skips.skip("line_not_utf8", f"{path}:{line_number} (not valid UTF-8)")
                     yield None
 
-    def _text_file(self, path: str) -> Iterator[Document]:
+    def _text_file(self, path: str, text_format: str) -> Iterator[Document]:
         lines = (line for line in self._lines(path) if line is not None)
         first = ""
         for first in lines:
             if first.strip():
                 break
         if first.lstrip().startswith("<doc "):
+            self.text_formats.append((path, {"format": "wikiextractor", "chosen_by": "first line"}))
             yield from self._wikiextractor(path, lines)
             return
-        paragraphs = [first] if first.strip() else []
-        yield from self._blank_line_documents(path, paragraphs, lines)
+        rest = chain([first], lines) if first.strip() else iter(())
+        decision = {"format": text_format, "chosen_by": "--text-format or the source's ::FORMAT"}
+        if text_format == "auto":
+            sample, rest = sample_and_rest(rest)
+            chosen, evidence = decide_format(sample)
+            decision = {"format": chosen, "chosen_by": "auto", "evidence": evidence}
+        self.text_formats.append((path, decision))
 
-    def _blank_line_documents(
-        self, path: str, paragraphs: list[str], lines: Iterator[str]
-    ) -> Iterator[Document]:
-        size = sum(len(p) for p in paragraphs)
-        for line in lines:
-            if line.strip():
-                paragraphs.append(line)
-                size += len(line)
-                if size >= self.max_doc_bytes:
-                    self.skips.skip("document_cut_at_size_limit", path)
-                    yield Document(paragraphs)
-                    paragraphs, size = [], 0
-            elif paragraphs:
-                yield Document(paragraphs)
-                paragraphs, size = [], 0
-        if paragraphs:
+        def cut() -> None:
+            self.skips.skip("document_cut_at_size_limit", path)
+
+        if decision["format"] == "paragraphs":
+            documents = paragraph_documents(rest, self.max_doc_bytes, self.max_line_bytes, self.separator, cut)
+        else:
+            documents = line_documents(rest, self.max_doc_bytes, self.separator, cut)
+        for paragraphs in documents:
             yield Document(paragraphs)
 
     def _wikiextractor(self, path: str, lines: Iterator[str]) -> Iterator[Document]:
@@ -366,13 +388,17 @@ class DocumentReader:
         import datasets
 
         local = os.path.exists(spec.location)
+        local_form = "bookcorpus=DIR" if spec.kind == "bookcorpus" else f"wikipedia:{spec.config_name}=DIR"
         try:
-            if local or spec.config_name is None:
+            if local:
                 stream = datasets.load_dataset(spec.location, split="train", streaming=True)
+            elif spec.kind == "bookcorpus":
+                # The hub's BookCorpus is a loading script, which datasets 4 and later refuse to run; the hub
+                # keeps a parquet conversion of it on this branch, which any datasets release reads.
+                stream = datasets.load_dataset(spec.location, revision=BOOKCORPUS_PARQUET_REVISION,
+                                               data_dir=BOOKCORPUS_PARQUET_CONFIG, split="train", streaming=True)
             else:
-                stream = datasets.load_dataset(
-                    spec.location, spec.config_name, split="train", streaming=True
-                )
+                stream = datasets.load_dataset(spec.location, spec.config_name, split="train", streaming=True)
             if "text" not in (stream.column_names or ["text"]):
                 raise PrepError(f"{spec.label}: has no 'text' column (columns: {stream.column_names})")
             for row in stream:
@@ -381,10 +407,13 @@ class DocumentReader:
             raise
         except Exception as error:  # datasets raises many types for network and schema problems
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            if "scripts are no longer supported" in first_line:
+                raise PrepError(
+                    f"--source {spec.label}: datasets {datasets.__version__} refuses it ({first_line}); download "
+                    f"its parquet files (see README, 'Sources') and pass {local_form}") from None
             raise PrepError(
-                f"--source {spec.label}: cannot load ({first_line}); check the network or pass a local "
-                f"copy with the same schema as {spec.kind}...=DIR"
-            ) from None
+                f"--source {spec.label}: cannot load ({first_line}); check the network, or pass a local copy "
+                f"with the same schema (parquet files with a 'text' column) as {local_form}") from None
 
     def _bookcorpus(self, spec: SourceSpec) -> Iterator[Document]:
         sentences: list[str] = []

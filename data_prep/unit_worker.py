@@ -98,7 +98,7 @@ def _cut_long_sentences(bounds: np.ndarray, max_tokens: int) -> np.ndarray:
     return np.concatenate(pieces)
 
 
-def process_unit(unit_index: int, documents: list[Document], reader_skips: dict) -> dict:
+def process_unit(unit_index: int, documents: list[Document], reader_skips: dict, text_formats: dict) -> dict:
     config: PrepConfig = _worker["config"]
     tokenizer = _worker["tokenizer"]
     special = special_token_ids(tokenizer)
@@ -112,6 +112,7 @@ def process_unit(unit_index: int, documents: list[Document], reader_skips: dict)
             "tokens": int(len(tokens)),
         },
         "skips": {k: v for k, v in sorted(skips.items()) if v},
+        "text_formats": text_formats,  # how the plain-text files first read in this unit were read
         "shards": {},
         "dropped_chunks": {},
     }

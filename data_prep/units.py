@@ -10,24 +10,28 @@ from typing import Iterator
 from .sources import Document, DocumentReader
 
 
-def work_units(reader: DocumentReader, unit_bytes: int) -> Iterator[tuple[int, list[Document], dict, int]]:
-    """(unit index, documents, reader skips attributed to the unit, input bytes) in input order."""
+def work_units(reader: DocumentReader, unit_bytes: int) -> Iterator[tuple[int, list[Document], dict, dict, int]]:
+    """(unit index, documents, reader skips attributed to the unit, how the plain-text files first read
+    during the unit were read, input bytes) in input order."""
     documents: list[Document] = []
     size = 0
     index = 0
     skips_before: Counter = Counter()
-    bytes_before = 0
+    bytes_before = formats_before = 0
     for document in reader:
         documents.append(document)
         size += document.num_bytes
         if size >= unit_bytes:
-            yield index, documents, _delta(reader, skips_before), reader.bytes_read - bytes_before
+            formats = dict(reader.text_formats[formats_before:])
+            yield index, documents, _delta(reader, skips_before), formats, reader.bytes_read - bytes_before
             skips_before, bytes_before = Counter(reader.skips.counts), reader.bytes_read
+            formats_before = len(reader.text_formats)
             documents, size, index = [], 0, index + 1
     trailing_skips = _delta(reader, skips_before)
-    if documents or trailing_skips or index == 0:
+    trailing_formats = dict(reader.text_formats[formats_before:])
+    if documents or trailing_skips or trailing_formats or index == 0:
         # Skips after the last full unit make a (possibly empty) unit of their own so they are counted.
-        yield index, documents, trailing_skips, reader.bytes_read - bytes_before
+        yield index, documents, trailing_skips, trailing_formats, reader.bytes_read - bytes_before
 
 
 def _delta(reader: DocumentReader, before: Counter) -> dict:

@@ -33,8 +33,10 @@ def build_manifest(
     shards = [record["shards"][str(seq_len)] for record in unit_records]
     skips: Counter = Counter()
     inputs: Counter = Counter()
+    text_formats: dict = {}
     for record in unit_records:
         skips.update(record["skips"])
+        text_formats.update(record.get("text_formats", {}))
         skips["single_token_chunk"] += record["dropped_chunks"][str(seq_len)]
         inputs.update(record["inputs"])
     return {
@@ -53,9 +55,12 @@ def build_manifest(
         },
         "inputs": dict(sorted(inputs.items())),
         "skipped": {reason: count for reason, count in sorted(skips.items()) if count},
+        # How each plain-text file was read (data_prep.plain_text), in reading order.
+        "text_formats": text_formats,
         # Each shard keeps its unit's own counts, so parts made on several machines merge exactly.
         "shards": [
             {"unit": r["unit"], **s, "inputs": r["inputs"], "skips": r["skips"],
+             **({"text_formats": r["text_formats"]} if r.get("text_formats") else {}),
              "dropped_chunks": r["dropped_chunks"][str(seq_len)]}
             for r, s in zip(unit_records, shards)
         ],
@@ -67,8 +72,10 @@ def records_from_manifest(manifest: dict) -> list[dict]:
     seq = str(manifest["seq_len"])
     records = []
     for entry in manifest["shards"]:
-        shard = {k: v for k, v in entry.items() if k not in ("unit", "inputs", "skips", "dropped_chunks")}
+        shard = {k: v for k, v in entry.items()
+                 if k not in ("unit", "inputs", "skips", "text_formats", "dropped_chunks")}
         records.append({"unit": entry["unit"], "inputs": entry["inputs"], "skips": entry["skips"],
+                        "text_formats": entry.get("text_formats", {}),
                         "dropped_chunks": {seq: entry["dropped_chunks"]}, "shards": {seq: shard}})
     return records
 

@@ -2,6 +2,8 @@
 
 import json
 import os
+import subprocess
+import sys
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -136,7 +138,7 @@ def test_hub_local_copies_are_checked_up_front(tmp_path):
         parse_source(f"wikipedia:20231101.en={wiki}")
     with pytest.raises(PrepError, match="bookcorpus=.*missing: no such folder; .* bookcorpus alone"):
         parse_source(f"bookcorpus={tmp_path / 'missing'}")
-    assert parse_source("bookcorpus").location == "bookcorpus"  # streamed: nothing to open before the run
+    assert parse_source("bookcorpus").location == "bookcorpus/bookcorpus"  # streamed: nothing to open before the run
 
 
 def test_sentence_splitting_keeps_paragraph_boundaries():
@@ -144,3 +146,27 @@ def test_sentence_splitting_keeps_paragraph_boundaries():
                            False) == ["Mr. Smith went to Washington.", "He met the U.S. president", "Heading",
                                       "Last one."]
     assert clean("tab\tand\x00nul\u2029sep") == "tab andnul sep"
+
+
+def test_a_dataset_that_is_a_loading_script_is_refused_in_one_line_naming_the_local_form(tmp_path):
+    """datasets 4+ refuses loading scripts, as the hub's BookCorpus long was; the same refusal comes from a
+    folder holding `<name>.py` (the code path `load_dataset` takes for the hub's script datasets)."""
+    script_dataset = tmp_path / "bookcorpus"
+    script_dataset.mkdir()
+    (script_dataset / "bookcorpus.py").write_text("import datasets\n")
+    with pytest.raises(PrepError, match=r"refuses it \(Dataset scripts are no longer supported.*bookcorpus=DIR$"):
+        read(f"bookcorpus={script_dataset}")
+
+
+def test_the_hub_sources_unreachable_are_one_line_naming_the_local_form(tmp_path):
+    """No network here: the hub offline mode makes the loaders fail as an unreachable hub does."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    wikipedia = "wikipedia:20231101.en"
+    for source, local_form in (("bookcorpus", "bookcorpus=DIR"), (wikipedia, f"{wikipedia}=DIR")):
+        code = (f"from tests.unit.test_sources import read\ntry:\n    read({source!r})\n"
+                "except Exception as error:\n    print(type(error).__name__, error)")
+        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                                cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+        assert result.stdout.startswith("PrepError --source") and result.stdout.strip().endswith(local_form), \
+            result.stdout + result.stderr[-2000:]
+        assert len(result.stdout.strip().splitlines()) == 1
