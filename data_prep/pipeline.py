@@ -44,10 +44,11 @@ def run_shards(config: PrepConfig, vocab_dir: str, out_dir: str, num_proc: int, 
     if progress:
         print(f"data_prep: resolved config {json.dumps(config.to_dict())} num_proc={num_proc}", file=sys.stderr)
     folders = {n: seq_folder(out_dir, n) for n in config.seq_lens}
-    if all(os.path.isfile(os.path.join(f, MANIFEST_FILE)) for f in folders.values()) and not any(
-        os.listdir(os.path.join(f, PROGRESS_DIR))
-        for f in folders.values() if os.path.isdir(os.path.join(f, PROGRESS_DIR))
-    ):
+    if all(os.path.isfile(os.path.join(f, MANIFEST_FILE)) for f in folders.values()):
+        # Manifests are written only once every unit is done; a run killed while it then removed the
+        # per-unit records left some behind, which are finished with here rather than taken for work to redo.
+        for folder in folders.values():
+            shutil.rmtree(os.path.join(folder, PROGRESS_DIR), ignore_errors=True)
         print(f"data_prep: {out_dir} is complete with these settings; nothing to do", file=sys.stderr)
         return {n: load_manifest(f) for n, f in folders.items()}
     copy_vocab(vocab_dir, out_dir)

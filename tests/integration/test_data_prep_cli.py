@@ -130,6 +130,25 @@ def test_kill_and_rerun_gives_identical_shards(reference, small_corpus, vocab_di
     assert "nothing to do" in again.stderr
 
 
+def test_a_run_killed_while_it_removed_its_unit_records_is_complete_on_rerun(reference, small_corpus, vocab_dir,
+                                                                             tmp_path):
+    """The manifests are written once every unit is done, then the per-unit records are removed: a kill in
+    between leaves some records behind, and the rerun must not take them for work to redo."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    leftover = out / "seq512" / ".progress"
+    leftover.mkdir()
+    (leftover / "unit-000003.json").write_text("{}")
+    shards = {path: path.stat().st_mtime_ns for path in out.glob("seq*/*.arrow")}
+    again = run_cli("shards", "--source", small_corpus, "--vocab", vocab_dir, "--out", out, "--num-proc", "1",
+                    *SMALL_UNITS)
+    assert "nothing to do" in again.stderr and not leftover.exists()
+    assert {path: path.stat().st_mtime_ns for path in shards} == shards
+    assert_same_shards(reference, str(out))
+
+
 def test_verify_names_a_corrupt_or_truncated_shard(reference, tmp_path):
     import shutil
 
