@@ -111,3 +111,33 @@ def test_bad_format_names_and_separators_are_one_line_errors(tmp_path):
         PrepConfig(sources=[str(tmp_path)], doc_separator="(unclosed")
     with pytest.raises(PrepError, match="--text-format"):
         PrepConfig(sources=[str(tmp_path)], text_format="pages")
+
+
+def test_sop_segments_of_a_wrapped_article_span_its_paragraphs(small_corpus, vocab_dir, tmp_path):
+    """Read as `paragraphs`, a wrapped article is one document, so a segment of a 512-token SOP pair takes
+    sentences from several paragraphs; read as `lines`, each paragraph was a document of its own."""
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    from data_prep.sentences import split_sentences
+    from data_prep.sop_pairs import pair_document
+
+    article = max(articles(small_corpus), key=len)
+    (tmp_path / "article.txt").write_text(wrapped(article))
+    [paragraphs], _ = read(tmp_path / "article.txt")
+    sentences = split_sentences(paragraphs, presplit=False)
+    paragraph_of_sentence = np.repeat(np.arange(len(paragraphs)),
+                                      [len(split_sentences([p], presplit=False)) for p in paragraphs])
+    assert len(paragraph_of_sentence) == len(sentences)  # a paragraph boundary is a sentence boundary
+    tokenizer = Tokenizer.from_file(os.path.join(vocab_dir, "tokenizer.json"))
+    lengths = [len(e.ids) for e in tokenizer.encode_batch(sentences, add_special_tokens=False)]
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    spans, _ = pair_document(offsets, 512, 0.0, np.random.default_rng(0))
+
+    def paragraph_at(token):
+        return paragraph_of_sentence[np.searchsorted(offsets, token, side="right") - 1]
+
+    segments = [(a_start, a_end) for a_start, a_end, *_ in spans] + [(b_start, b_end) for _, _, b_start, b_end, _ in
+                                                                     spans]
+    crossing = [s for s in segments if paragraph_at(s[0]) != paragraph_at(s[1] - 1)]
+    assert len(spans) >= 5 and len(crossing) >= len(segments) // 2, (len(crossing), len(segments))
