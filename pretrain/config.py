@@ -111,6 +111,29 @@ class OptimizerConfig:
 
 
 @dataclass
+class MaskingSettings:
+    """Dynamic masking (`pretrain.data`): drawn per sample at train time, the same on any number of ranks."""
+
+    probability: float = 0.15
+    """Share of an example's non-special tokens chosen for prediction (of its words with whole_word):
+    BERT's 0.15; ModernBERT uses 0.30. Each phase's max_predictions caps the chosen tokens."""
+    replace_with_mask: float = 0.8
+    """Of the chosen tokens, the share replaced by [MASK] (BERT's 80%)."""
+    replace_with_random: float = 0.1
+    """Of the chosen tokens, the share replaced by a random token (BERT's 10%); the rest stay unchanged."""
+    whole_word: bool = False
+    """Whole-word masking: a wordpiece and its `##` continuations are chosen together (needs the
+    vocabulary beside the shards, which data_prep puts there)."""
+
+    def validate(self) -> None:
+        if not 0 < self.probability < 1:
+            raise RunConfigError(f"masking.probability = {self.probability}: must be within (0, 1)")
+        if min(self.replace_with_mask, self.replace_with_random) < 0 or \
+                self.replace_with_mask + self.replace_with_random > 1:
+            raise RunConfigError("masking.replace_with_mask and replace_with_random: each >= 0, together <= 1")
+
+
+@dataclass
 class CheckpointConfig:
     dir: str = "checkpoints"
     every_steps: int = 1000
@@ -167,6 +190,7 @@ class RunConfig:
     """How long a collective waits for a rank that stopped answering before the job fails with an error."""
     phases: list[PhaseConfig] = field(default_factory=list)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    masking: MaskingSettings = field(default_factory=MaskingSettings)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -185,6 +209,7 @@ class RunConfig:
         if self.precision not in PRECISIONS:
             raise RunConfigError(f"precision = {self.precision!r}: choose one of {PRECISIONS}")
         self.optimizer.validate()
+        self.masking.validate()
         self.checkpoint.validate()
         self.logging.validate()
 
@@ -203,7 +228,8 @@ def gradient_accumulation(phase: PhaseConfig, world_size: int, where: str = "pha
     return phase.global_batch // per_step
 
 
-NESTED = {"optimizer": OptimizerConfig, "checkpoint": CheckpointConfig, "logging": LoggingConfig}
+NESTED = {"optimizer": OptimizerConfig, "masking": MaskingSettings, "checkpoint": CheckpointConfig,
+          "logging": LoggingConfig}
 TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table"}
 
 

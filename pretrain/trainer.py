@@ -116,8 +116,11 @@ def open_phase_data(config: RunConfig, model_config: ModelConfig) -> list[Batche
             raise RunConfigError(f"phases.{index}.shards: length {shards.seq_len} exceeds the model's "
                                  f"max_position_embeddings {model_config.max_position_embeddings}")
         held_out = min(config.logging.eval_samples, len(shards) // 10) if config.logging.eval_every_steps else 0
-        batchers.append(Batcher(shards, config.seed + index, MaskingConfig(max_predictions=phase.max_predictions),
-                                held_out=held_out))
+        masking = MaskingConfig(mask_probability=config.masking.probability, max_predictions=phase.max_predictions,
+                                mask_token_fraction=config.masking.replace_with_mask,
+                                random_token_fraction=config.masking.replace_with_random,
+                                whole_word=config.masking.whole_word)
+        batchers.append(Batcher(shards, config.seed + index, masking, held_out=held_out))
     return batchers
 
 
