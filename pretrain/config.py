@@ -180,6 +180,10 @@ class RunConfig:
     """Optional initial weights: a transformers SqueezeBERT folder (continued pretraining) or a model folder."""
     seed: int = 42
     """Seeds the initialization, the epoch order, the masks and dropout."""
+    objective: str = "mlm+sop"
+    """mlm+sop: the paper's (masked LM and ALBERT's sentence-order prediction) | mlm: masked LM only, with no
+    SOP head (none in checkpoints or the export) and each pair fed in document order (a swapped pair is put
+    back), from the same shards."""
     precision: str = "auto"
     """auto | fp32 | bf16 | fp16. auto: bf16 on GPUs with native bf16, fp16 with loss scaling on other GPUs,
     fp32 on CPUs. Weights, gradients and LAMB's state are fp32 in every mode (see `pretrain.precision`)."""
@@ -204,6 +208,8 @@ class RunConfig:
             phase.validate(f"phases.{index}")
         if self.max_steps_this_run < 0 or self.distributed_timeout_minutes <= 0:
             raise RunConfigError("max_steps_this_run must be >= 0 and distributed_timeout_minutes > 0")
+        if self.objective not in OBJECTIVES:
+            raise RunConfigError(f"objective = {self.objective!r}: choose one of {OBJECTIVES}")
         from .precision import PRECISIONS
 
         if self.precision not in PRECISIONS:
@@ -228,6 +234,7 @@ def gradient_accumulation(phase: PhaseConfig, world_size: int, where: str = "pha
     return phase.global_batch // per_step
 
 
+OBJECTIVES = ("mlm+sop", "mlm")
 NESTED = {"optimizer": OptimizerConfig, "masking": MaskingSettings, "checkpoint": CheckpointConfig,
           "logging": LoggingConfig}
 TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table"}

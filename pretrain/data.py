@@ -157,10 +157,13 @@ class MaskingConfig:
 class Batcher:
     """Builds the micro-batch of a run of global sample indices: gather, pad, mask, collate."""
 
-    def __init__(self, shards: ShardSet, seed: int, masking: MaskingConfig, held_out: int = 0) -> None:
+    def __init__(self, shards: ShardSet, seed: int, masking: MaskingConfig, held_out: int = 0,
+                 document_order: bool = False) -> None:
+        """`document_order`: MLM only; a pair stored swapped for SOP is put back in the order of its text."""
         if not 0 <= held_out < len(shards):
             raise DataError(f"{shards.folder}: cannot hold out {held_out} of {len(shards)} examples for evaluation")
         self.shards = shards
+        self.document_order = document_order
         self.seed = seed
         self.masking = masking
         self.num_train = len(shards) - held_out  # the last `held_out` examples are for evaluation only
@@ -183,6 +186,8 @@ class Batcher:
         else:
             epochs, indices = self.order.examples(global_samples)
         rows = [self.shards.example(int(i)) for i in indices]
+        if self.document_order:
+            rows = [in_document_order(*row) for row in rows]
         lengths = np.fromiter((len(r[0]) for r in rows), dtype=np.int64, count=len(rows))
         width = int(-(-lengths.max() // PAD_TO_MULTIPLE) * PAD_TO_MULTIPLE)
         count = len(rows)
@@ -262,6 +267,15 @@ class Batcher:
                     tokens += int(lengths[index])
             chosen[row] = candidates[row] & np.isin(word[row], taken)
         return chosen
+
+
+def in_document_order(ids: np.ndarray, a_length: int, swapped: int) -> tuple[np.ndarray, int, int]:
+    """`[CLS] A [SEP] B [SEP]` stored with A and B swapped (SOP label 1) as `[CLS] B [SEP] A [SEP]`: the text
+    in the order it was written, label 0."""
+    if not swapped:
+        return ids, a_length, 0
+    first, second = ids[1 : 1 + a_length], ids[2 + a_length : -1]
+    return np.concatenate([ids[:1], second, ids[1 + a_length : 2 + a_length], first, ids[-1:]]), len(second), 0
 
 
 def continuation_pieces(shards: ShardSet) -> np.ndarray:

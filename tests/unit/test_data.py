@@ -195,3 +195,22 @@ def test_bad_data_settings(shards, tmp_path):
         ShardSet(str(tmp_path))
     with pytest.raises(DataError, match="max_predictions"):
         MaskingConfig(max_predictions=0)
+
+
+def test_mlm_only_feeds_each_pair_in_document_order(shards):
+    """A pair stored swapped for SOP (B before A) comes back as written, its segments' types with it."""
+    plain = Batcher(shards, seed=0, masking=MaskingConfig())
+    ordered = Batcher(shards, seed=0, masking=MaskingConfig(), document_order=True)
+    samples = np.arange(0, 256)
+    _, examples = plain.order.examples(samples)
+    swapped = [row for row, index in enumerate(examples) if shards.example(int(index))[2] == 1]
+    assert 50 < len(swapped) < 200
+    batch = ordered(samples)
+    assert int(batch["sop_labels"].sum()) == 0
+    for row in swapped[:20]:
+        ids, a_length, _ = shards.example(int(examples[row]))
+        first, second = ids[1 : 1 + a_length].tolist(), ids[2 + a_length : -1].tolist()
+        length = int(batch["attention_mask"][row].sum())
+        original = torch.where(batch["mlm_labels"][row] != -100, batch["mlm_labels"][row], batch["input_ids"][row])
+        assert original[:length].tolist() == [ids[0], *second, ids[1 + a_length], *first, ids[-1]]
+        assert batch["token_type_ids"][row, : length].tolist() == [0] * (len(second) + 2) + [1] * (len(first) + 1)

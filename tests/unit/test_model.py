@@ -199,3 +199,15 @@ def test_cpu_training_attention_path_is_sdpa_arithmetic():
     assert torch.allclose(attention(q, k, v, mask, tiny_p, training=True), reference * (1 / (1 - tiny_p)), atol=1e-6)
     keep = dropout_keep_mask(torch.Size([400, 1000]), 0.1, torch.device("cpu"))
     assert abs(keep.float().mean().item() - 0.9) < 0.003
+
+
+def test_an_mlm_only_model_has_no_sop_head_and_its_loss_is_the_mlm_loss():
+    config = ModelConfig(vocab_size=512, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)
+    model = SqueezeBertForPretraining(config, sop=False).eval()
+    assert not any("sop" in name for name in model.state_dict())
+    ids = torch.randint(5, 512, (2, 16))
+    labels = torch.full_like(ids, -100)
+    labels[:, 3] = ids[:, 3]
+    output = model(ids, torch.ones_like(ids), torch.zeros_like(ids), labels, torch.zeros(2, dtype=torch.long))
+    assert output.sop_logits is None and output.sop_loss.item() == 0 and torch.equal(output.loss, output.mlm_loss)
