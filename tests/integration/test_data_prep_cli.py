@@ -183,6 +183,15 @@ def test_verify_names_a_corrupt_or_truncated_shard(reference, tmp_path):
     assert result.returncode == 1
     assert f"{corrupt}: sha256 differs" in result.stderr and f"{truncated}: 500 bytes" in result.stderr
     assert "seq512: ok" in result.stdout
+    # a missing shard, and a manifest whose count no longer matches an intact shard
+    long_manifest = json.load(open(copy / "seq512" / "manifest.json"))
+    missing, miscounted = long_manifest["shards"][0], long_manifest["shards"][1]
+    os.remove(copy / "seq512" / missing["file"])
+    miscounted["examples"] += 1
+    (copy / "seq512" / "manifest.json").write_text(json.dumps(long_manifest))
+    result = run_cli("verify", copy / "seq512", check=False)
+    assert result.returncode == 1 and f"{missing['file']}: missing" in result.stderr
+    assert f"{miscounted['file']}: {miscounted['examples'] - 1} examples, manifest says" in result.stderr
 
 
 def one_line_error(result, *fragments):
