@@ -33,9 +33,12 @@ def fill(manifest):
 
 def test_wrapped_text_is_read_as_paragraphs_and_fills_examples_as_the_unwrapped_text_does(corpora, vocab_dir,
                                                                                           tmp_path):
-    wrapped_run = make_shards(corpora / "wrapped", vocab_dir, tmp_path / "wrapped")
-    lines_run = make_shards(corpora / "lines", vocab_dir, tmp_path / "lines")
-    forced = make_shards(f"{corpora / 'wrapped'}::lines", vocab_dir, tmp_path / "forced")
+    # ALBERT draws a short target length once per document (short_seq_prob): with 21 documents, which articles
+    # draw one is luck that moves the fill by tens of points, so the formats are compared without it
+    no_short = ("--short-seq-prob", "0")
+    wrapped_run = make_shards(corpora / "wrapped", vocab_dir, tmp_path / "wrapped", *no_short)
+    lines_run = make_shards(corpora / "lines", vocab_dir, tmp_path / "lines", *no_short)
+    forced = make_shards(f"{corpora / 'wrapped'}::lines", vocab_dir, tmp_path / "forced", *no_short)
     decisions = wrapped_run[512]["text_formats"]
     assert len(decisions) == 21
     long_files = [d for d in decisions.values() if d["evidence"]["lines_sampled"] >= 5]
@@ -44,7 +47,7 @@ def test_wrapped_text_is_read_as_paragraphs_and_fills_examples_as_the_unwrapped_
     # no sentence is cut at a wrap point: the same sentences (within 2%) as the text with one paragraph a line
     sentences = wrapped_run[512]["inputs"]["sentences"], lines_run[512]["inputs"]["sentences"]
     assert abs(sentences[0] - sentences[1]) <= 0.02 * sentences[1], sentences
-    assert fill(wrapped_run[512]) >= 0.9 * fill(lines_run[512])
+    assert fill(wrapped_run[512]) >= 0.9 * fill(lines_run[512]), (fill(wrapped_run[512]), fill(lines_run[512]))
     # a document is a whole article, so SOP pairs and long examples span its paragraphs; read line by line,
     # every wrapped paragraph was a document of its own and every line a sentence boundary
     assert wrapped_run[512]["inputs"]["documents"] <= 25
