@@ -111,6 +111,29 @@ class OptimizerConfig:
 
 
 @dataclass
+class MaskingSettings:
+    """Dynamic masking (`pretrain.data`): drawn per sample at train time, the same on any number of ranks."""
+
+    probability: float = 0.15
+    """Share of an example's non-special tokens chosen for prediction (of its words with whole_word):
+    BERT's 0.15; ModernBERT uses 0.30. Each phase's max_predictions caps the chosen tokens."""
+    replace_with_mask: float = 0.8
+    """Of the chosen tokens, the share replaced by [MASK] (BERT's 80%)."""
+    replace_with_random: float = 0.1
+    """Of the chosen tokens, the share replaced by a random token (BERT's 10%); the rest stay unchanged."""
+    whole_word: bool = False
+    """Whole-word masking: a wordpiece and its `##` continuations are chosen together (needs the
+    vocabulary beside the shards, which data_prep puts there)."""
+
+    def validate(self) -> None:
+        if not 0 < self.probability < 1:
+            raise RunConfigError(f"masking.probability = {self.probability}: must be within (0, 1)")
+        if min(self.replace_with_mask, self.replace_with_random) < 0 or \
+                self.replace_with_mask + self.replace_with_random > 1:
+            raise RunConfigError("masking.replace_with_mask and replace_with_random: each >= 0, together <= 1")
+
+
+@dataclass
 class CheckpointConfig:
     dir: str = "checkpoints"
     every_steps: int = 1000
@@ -157,6 +180,10 @@ class RunConfig:
     """Optional initial weights: a transformers SqueezeBERT folder (continued pretraining) or a model folder."""
     seed: int = 42
     """Seeds the initialization, the epoch order, the masks and dropout."""
+    objective: str = "mlm+sop"
+    """mlm+sop: the paper's (masked LM and ALBERT's sentence-order prediction) | mlm: masked LM only, with no
+    SOP head (none in checkpoints or the export) and each pair fed in document order (a swapped pair is put
+    back), from the same shards."""
     precision: str = "auto"
     """auto | fp32 | bf16 | fp16. auto: bf16 on GPUs with native bf16, fp16 with loss scaling on other GPUs,
     fp32 on CPUs. Weights, gradients and LAMB's state are fp32 in every mode (see `pretrain.precision`)."""
@@ -167,6 +194,7 @@ class RunConfig:
     """How long a collective waits for a rank that stopped answering before the job fails with an error."""
     phases: list[PhaseConfig] = field(default_factory=list)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    masking: MaskingSettings = field(default_factory=MaskingSettings)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -180,11 +208,14 @@ class RunConfig:
             phase.validate(f"phases.{index}")
         if self.max_steps_this_run < 0 or self.distributed_timeout_minutes <= 0:
             raise RunConfigError("max_steps_this_run must be >= 0 and distributed_timeout_minutes > 0")
+        if self.objective not in OBJECTIVES:
+            raise RunConfigError(f"objective = {self.objective!r}: choose one of {OBJECTIVES}")
         from .precision import PRECISIONS
 
         if self.precision not in PRECISIONS:
             raise RunConfigError(f"precision = {self.precision!r}: choose one of {PRECISIONS}")
         self.optimizer.validate()
+        self.masking.validate()
         self.checkpoint.validate()
         self.logging.validate()
 
@@ -203,7 +234,9 @@ def gradient_accumulation(phase: PhaseConfig, world_size: int, where: str = "pha
     return phase.global_batch // per_step
 
 
-NESTED = {"optimizer": OptimizerConfig, "checkpoint": CheckpointConfig, "logging": LoggingConfig}
+OBJECTIVES = ("mlm+sop", "mlm")
+NESTED = {"optimizer": OptimizerConfig, "masking": MaskingSettings, "checkpoint": CheckpointConfig,
+          "logging": LoggingConfig}
 TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table"}
 
 

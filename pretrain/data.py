@@ -8,8 +8,13 @@ restarts (resume = set `consumed_samples`).
 
 Masking (BERT's `create_masked_lm_predictions`, drawn at train time): 15% of the non-special tokens of an
 example (at least 1, at most `max_predictions`), of which 80% become [MASK], 10% a random non-special
-token and 10% stay. The random numbers come from a counter-based generator: a SplitMix64 hash of
-(seed, epoch, g, position, stream). numpy's Generators are not used here because building one per sample
+token and 10% stay; the three rates are configurable (`[masking]` in the run config). With whole-word
+masking (Google's whole-word BERT), the unit chosen is a word, a wordpiece with its `##` continuations:
+15% of the words are chosen in a random order, a word that would take the masked tokens past
+`max_predictions` is passed over, and the 80/10/10 decision is drawn per token.
+
+The random numbers come from a counter-based generator: a SplitMix64 hash of (seed, epoch, g, position,
+stream). numpy's Generators are not used here because building one per sample
 (the only way to make draws a function of the sample index) costs more than the rest of the loader, while
 the hash is one vectorized pass over the whole micro-batch.
 """
@@ -24,8 +29,10 @@ import torch
 
 from formats.errors import FormatError, UserError
 from formats.files import file_sha256
+from formats.layout import vocab_beside
 from formats.manifest import MANIFEST_FILE, load_manifest
 from formats.shards import open_shard
+from formats.vocabulary import VOCAB_FILE
 
 from .pretraining_model import IGNORE_INDEX
 
@@ -132,10 +139,11 @@ def uniform(seed: int, stream: int, epochs: np.ndarray, samples: np.ndarray, wid
 
 @dataclass
 class MaskingConfig:
-    mask_probability: float = 0.15  # BERT's
+    mask_probability: float = 0.15  # BERT's (of the tokens, or of the words with whole_word)
     max_predictions: int = 20  # per sequence: the paper's 20 at length 128, 80 at 512
     mask_token_fraction: float = 0.8  # of the chosen: [MASK]
     random_token_fraction: float = 0.1  # of the chosen: a random token; the rest stay unchanged
+    whole_word: bool = False  # choose words (a wordpiece and its ## continuations), not tokens
 
     def __post_init__(self) -> None:
         if not 0 < self.mask_probability < 1:
@@ -149,10 +157,13 @@ class MaskingConfig:
 class Batcher:
     """Builds the micro-batch of a run of global sample indices: gather, pad, mask, collate."""
 
-    def __init__(self, shards: ShardSet, seed: int, masking: MaskingConfig, held_out: int = 0) -> None:
+    def __init__(self, shards: ShardSet, seed: int, masking: MaskingConfig, held_out: int = 0,
+                 document_order: bool = False) -> None:
+        """`document_order`: MLM only; a pair stored swapped for SOP is put back in the order of its text."""
         if not 0 <= held_out < len(shards):
             raise DataError(f"{shards.folder}: cannot hold out {held_out} of {len(shards)} examples for evaluation")
         self.shards = shards
+        self.document_order = document_order
         self.seed = seed
         self.masking = masking
         self.num_train = len(shards) - held_out  # the last `held_out` examples are for evaluation only
@@ -163,6 +174,7 @@ class Batcher:
         self.pad_id = shards.special_ids["[PAD]"]
         self.mask_id = shards.special_ids["[MASK]"]
         self.normal_ids = np.setdiff1d(np.arange(shards.vocab_size, dtype=np.int64), special)
+        self.continuation = continuation_pieces(shards) if masking.whole_word else None
 
     def __call__(self, global_samples: np.ndarray, evaluation: bool = False) -> dict[str, torch.Tensor]:
         """Training: global sample indices through the epoch order. Evaluation: held-out example k for
@@ -174,6 +186,8 @@ class Batcher:
         else:
             epochs, indices = self.order.examples(global_samples)
         rows = [self.shards.example(int(i)) for i in indices]
+        if self.document_order:
+            rows = [in_document_order(*row) for row in rows]
         lengths = np.fromiter((len(r[0]) for r in rows), dtype=np.int64, count=len(rows))
         width = int(-(-lengths.max() // PAD_TO_MULTIPLE) * PAD_TO_MULTIPLE)
         count = len(rows)
@@ -201,16 +215,19 @@ class Batcher:
         config = self.masking
         width = input_ids.shape[1]
         candidates = attention_mask & ~np.isin(input_ids, self.special)
-        budget = np.minimum(
-            config.max_predictions,
-            np.maximum(1, np.rint(candidates.sum(1) * config.mask_probability).astype(np.int64)),
-        )
-        budget = np.minimum(budget, candidates.sum(1))
-        # The `budget` candidates with the smallest keys are chosen: a uniform random subset.
         keys = np.where(candidates, uniform(self.seed, 0, epochs, samples, width), 2.0)
-        ranks = np.empty_like(keys, dtype=np.int64)
-        np.put_along_axis(ranks, np.argsort(keys, axis=1, kind="stable"), np.arange(width)[None, :], axis=1)
-        chosen = ranks < budget[:, None]
+        if config.whole_word:
+            chosen = self.choose_words(input_ids, candidates, keys)
+        else:
+            budget = np.minimum(
+                config.max_predictions,
+                np.maximum(1, np.rint(candidates.sum(1) * config.mask_probability).astype(np.int64)),
+            )
+            budget = np.minimum(budget, candidates.sum(1))
+            # The `budget` candidates with the smallest keys are chosen: a uniform random subset.
+            ranks = np.empty_like(keys, dtype=np.int64)
+            np.put_along_axis(ranks, np.argsort(keys, axis=1, kind="stable"), np.arange(width)[None, :], axis=1)
+            chosen = ranks < budget[:, None]
         action = uniform(self.seed, 1, epochs, samples, width)
         replacement = self.normal_ids[
             np.minimum((uniform(self.seed, 2, epochs, samples, width) * len(self.normal_ids)).astype(np.int64),
@@ -224,6 +241,56 @@ class Batcher:
         masked[to_mask] = self.mask_id
         masked[to_random] = replacement[to_random]
         return masked, labels
+
+    def choose_words(self, input_ids: np.ndarray, candidates: np.ndarray, keys: np.ndarray) -> np.ndarray:
+        """Whole words, in the random order of the keys at their first pieces: `mask_probability` of the
+        words (at least 1), each taken whole, passing over a word that would exceed `max_predictions`
+        tokens (Google's whole-word BERT). A `##` piece right after a candidate continues its word."""
+        config = self.masking
+        follows_candidate = np.zeros_like(candidates)
+        follows_candidate[:, 1:] = candidates[:, :-1]
+        starts = candidates & ~(self.continuation[input_ids] & follows_candidate)
+        word = np.cumsum(starts, axis=1) - 1  # the word of each position (meaningful on candidates)
+        chosen = np.zeros_like(candidates)
+        for row in range(len(input_ids)):
+            start_positions = np.flatnonzero(starts[row])
+            if not len(start_positions):
+                continue
+            lengths = np.bincount(word[row][candidates[row]], minlength=len(start_positions))
+            wanted = max(1, int(np.rint(len(start_positions) * config.mask_probability)))
+            taken, tokens = [], 0
+            for index in np.argsort(keys[row, start_positions], kind="stable"):
+                if len(taken) == wanted:
+                    break
+                if tokens + lengths[index] <= config.max_predictions:
+                    taken.append(index)
+                    tokens += int(lengths[index])
+            chosen[row] = candidates[row] & np.isin(word[row], taken)
+        return chosen
+
+
+def in_document_order(ids: np.ndarray, a_length: int, swapped: int) -> tuple[np.ndarray, int, int]:
+    """`[CLS] A [SEP] B [SEP]` stored with A and B swapped (SOP label 1) as `[CLS] B [SEP] A [SEP]`: the text
+    in the order it was written, label 0."""
+    if not swapped:
+        return ids, a_length, 0
+    first, second = ids[1 : 1 + a_length], ids[2 + a_length : -1]
+    return np.concatenate([ids[:1], second, ids[1 + a_length : 2 + a_length], first, ids[-1:]]), len(second), 0
+
+
+def continuation_pieces(shards: ShardSet) -> np.ndarray:
+    """Per token id, whether it continues a word (`##` pieces of a WordPiece vocabulary), read from the
+    vocabulary beside the shards."""
+    path = os.path.join(vocab_beside(shards.folder), VOCAB_FILE)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            pieces = [line.rstrip("\n") for line in handle]
+    except OSError as error:
+        raise DataError(f"{shards.folder}: whole-word masking needs the vocabulary beside the shards ({path}: "
+                        f"{error.strerror}); copy it there or turn masking.whole_word off") from None
+    continuation = np.zeros(max(shards.vocab_size, len(pieces)), dtype=bool)
+    continuation[: len(pieces)] = [piece.startswith("##") for piece in pieces]
+    return continuation
 
 
 def rank_slice(step: int, micro_step: int, global_batch: int, micro_batch: int, rank: int,

@@ -64,7 +64,8 @@ class Metrics:
             eta = elapsed / max(done, 1) * (phase.steps - state.step_in_phase)
             self.line(
                 f"{phase.name} step {state.step_in_phase}/{phase.steps} loss {scalars['loss']:.4f} "
-                f"(mlm {scalars['mlm_loss']:.4f}, sop {scalars['sop_loss']:.4f}) lr {lr:.3e} "
+                f"(mlm {scalars['mlm_loss']:.4f}"
+                + (f", sop {scalars['sop_loss']:.4f}" if "sop_loss" in scalars else "") + f") lr {lr:.3e} "
                 f"grad_norm {scalars['grad_norm']:.3f} {samples_per_s:.1f} samples/s "
                 f"skipped {scalars['skipped_steps']}"
                 + (f" loss_scale {scalars['loss_scale']:g}" if "loss_scale" in scalars else "")
@@ -72,10 +73,12 @@ class Metrics:
             )
             self.writer.flush()
 
-    def evaluation(self, global_step: int, mlm_loss: float, sop_loss: float) -> None:
+    def evaluation(self, global_step: int, mlm_loss: float, sop_loss: float | None) -> None:
+        """`sop_loss` None: an MLM-only run, which logs no SOP scalar."""
         if self.writer:
             self.writer.add_scalar("eval/mlm_loss", mlm_loss, global_step)
-            self.writer.add_scalar("eval/sop_loss", sop_loss, global_step)
+            if sop_loss is not None:
+                self.writer.add_scalar("eval/sop_loss", sop_loss, global_step)
 
     def close(self) -> None:
         if self.writer:

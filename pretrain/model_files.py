@@ -177,8 +177,8 @@ def load_model_folder(folder: str) -> SqueezeBertForPretraining:
     config_path = os.path.join(folder, MODEL_CONFIG_FILE)
     with open(config_path, encoding="utf-8") as handle:
         config = ModelConfig.from_dict(json.load(handle), config_path)
-    model = SqueezeBertForPretraining(config)
     weights = _load_weights(folder)
+    model = SqueezeBertForPretraining(config, sop=any(key.startswith(SOP_PREFIX) for key in weights))
     result = model.load_state_dict(weights, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise ExportError(f"{folder}: weights do not match the config (missing {result.missing_keys[:3]}, "
@@ -189,7 +189,8 @@ def load_model_folder(folder: str) -> SqueezeBertForPretraining:
 def load_training_checkpoint(path: str) -> tuple[SqueezeBertForPretraining, str | None]:
     """The model of a trainer checkpoint: a `step-N/` folder, or a checkpoint dir (its `latest`)."""
     weights, model_config, vocab = read_trained_model(path)
-    model = SqueezeBertForPretraining(ModelConfig.from_dict(model_config, f"--checkpoint {path}"))
+    model = SqueezeBertForPretraining(ModelConfig.from_dict(model_config, f"--checkpoint {path}"),
+                                      sop=any(key.startswith(SOP_PREFIX) for key in weights))  # MLM-only runs
     model.load_state_dict(weights)
     return model, vocab if vocab and os.path.isfile(os.path.join(vocab, VOCAB_FILE)) else None
 

@@ -59,20 +59,25 @@ class PretrainingOutput:
     sop_accuracy: torch.Tensor
     mlm_logits: torch.Tensor  # [masked tokens, V], in row-major order of the masked positions
     mlm_targets: torch.Tensor  # [masked tokens], the original ids there
-    sop_logits: torch.Tensor  # [N, 2]
+    sop_logits: torch.Tensor | None  # [N, 2]; None when training MLM only
     num_masked: int
 
 
 class SqueezeBertForPretraining(nn.Module):
-    """Encoder + MLM head + SOP head (a linear classifier on the pooled [CLS] output, as ALBERT's)."""
+    """Encoder + MLM head + SOP head (a linear classifier on the pooled [CLS] output, as ALBERT's), or, with
+    `sop=False`, MLM only: no SOP head at all, so no SOP parameters in checkpoints or exports."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, sop: bool = True) -> None:
         super().__init__()
         self.config = config
         self.transformer = SqueezeBertModel(config)
         self.cls = OnlyMLMHead(config, self.transformer.embeddings.word_embeddings)
-        self.sop_classifier = nn.Linear(config.hidden_size, 2)
+        self.sop_classifier = nn.Linear(config.hidden_size, 2) if sop else None
         init_weights(self, config.initializer_range)
+
+    def remove_sop_head(self) -> None:
+        """MLM-only training from weights that came with a SOP head (init_from)."""
+        self.sop_classifier = None
 
     def mlm_logits_at(self, hidden: torch.Tensor, mlm_labels: torch.Tensor,
                       positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,17 +101,22 @@ class SqueezeBertForPretraining(nn.Module):
     ) -> PretrainingOutput:
         hidden, pooled = self.transformer(input_ids, attention_mask, token_type_ids)
         mlm_logits, masked_labels = self.mlm_logits_at(hidden, mlm_labels, mlm_positions)
-        sop_logits = self.sop_classifier(pooled)
         num_masked = masked_labels.numel()
         if num_masked:
             mlm_loss = F.cross_entropy(mlm_logits.float(), masked_labels)
         else:  # keeps every parameter in the graph so gradients (zeros) are still all-reduced
             mlm_loss = mlm_logits.sum() * 0.0
-        sop_loss = F.cross_entropy(sop_logits.float(), sop_labels)
+        if self.sop_classifier is not None:
+            sop_logits = self.sop_classifier(pooled)
+            sop_loss = F.cross_entropy(sop_logits.float(), sop_labels)
+            with torch.no_grad():
+                sop_accuracy = (sop_logits.argmax(-1) == sop_labels).float().mean()
+        else:  # MLM only: zeros that keep the trainer's sums in one shape
+            sop_logits = None
+            sop_loss = sop_accuracy = mlm_loss.new_zeros(())
         with torch.no_grad():
             mlm_accuracy = ((mlm_logits.argmax(-1) == masked_labels).float().mean() if num_masked
                             else mlm_loss.new_zeros(()))
-            sop_accuracy = (sop_logits.argmax(-1) == sop_labels).float().mean()
         return PretrainingOutput(
             loss=mlm_loss + sop_loss, mlm_loss=mlm_loss, sop_loss=sop_loss, mlm_accuracy=mlm_accuracy,
             sop_accuracy=sop_accuracy, mlm_logits=mlm_logits, mlm_targets=masked_labels, sop_logits=sop_logits,

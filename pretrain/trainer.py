@@ -89,14 +89,20 @@ class TrainerState:
 def build_model(config: RunConfig) -> SqueezeBertForPretraining:
     from .model_files import load_any
 
+    sop = config.objective == "mlm+sop"
     if config.init_from:
         model, _vocab = load_any(config.init_from)
+        if not sop:
+            model.remove_sop_head()
+        elif model.sop_classifier is None:
+            raise RunConfigError(f"init_from = {config.init_from!r}: an MLM-only model has no SOP head to continue "
+                                 'training; set objective = "mlm" or start from a model with one')
         return model
     preset = ModelConfig.preset(config.model).to_dict()
     unknown = sorted(set(config.model_overrides) - set(preset))
     if unknown:
         raise RunConfigError(f"model_overrides: unknown model fields {unknown}")
-    return SqueezeBertForPretraining(ModelConfig.from_dict({**preset, **config.model_overrides}))
+    return SqueezeBertForPretraining(ModelConfig.from_dict({**preset, **config.model_overrides}), sop=sop)
 
 
 def open_phase_data(config: RunConfig, model_config: ModelConfig) -> list[Batcher]:
@@ -116,8 +122,13 @@ def open_phase_data(config: RunConfig, model_config: ModelConfig) -> list[Batche
             raise RunConfigError(f"phases.{index}.shards: length {shards.seq_len} exceeds the model's "
                                  f"max_position_embeddings {model_config.max_position_embeddings}")
         held_out = min(config.logging.eval_samples, len(shards) // 10) if config.logging.eval_every_steps else 0
-        batchers.append(Batcher(shards, config.seed + index, MaskingConfig(max_predictions=phase.max_predictions),
-                                held_out=held_out))
+        # MLM only: the pairs in document order, so a swapped one is put back
+        masking = MaskingConfig(mask_probability=config.masking.probability, max_predictions=phase.max_predictions,
+                                mask_token_fraction=config.masking.replace_with_mask,
+                                random_token_fraction=config.masking.replace_with_random,
+                                whole_word=config.masking.whole_word)
+        batchers.append(Batcher(shards, config.seed + index, masking, held_out=held_out,
+                                document_order=config.objective == "mlm"))
     return batchers
 
 
@@ -369,6 +380,8 @@ class Trainer:
         }
         if self.loss_scale:
             metrics["loss_scale"] = loss_scale
+        if self.model.sop_classifier is None:  # MLM only: no SOP figure is logged
+            del metrics["sop_loss"], metrics["sop_accuracy"]
         return metrics
 
     @torch.no_grad()
@@ -387,13 +400,15 @@ class Trainer:
             batch = self.to_device(batch)
             with autocast(self.device, self.precision):
                 output = self.engine(**batch)
+            sop_sum = (F.cross_entropy(output.sop_logits.float(), batch["sop_labels"], reduction="sum")
+                       if output.sop_logits is not None else output.sop_loss)
             sums += torch.stack([
-                F.cross_entropy(output.mlm_logits.float(), output.mlm_targets, reduction="sum"),
-                F.cross_entropy(output.sop_logits.float(), batch["sop_labels"], reduction="sum"),
+                F.cross_entropy(output.mlm_logits.float(), output.mlm_targets, reduction="sum"), sop_sum,
             ]).double()
         totals = torch.cat([sums, device_vector(counts, self.device)])
         if dist.is_initialized():
             dist.all_reduce(totals)
         mlm_sum, sop_sum, masked, sequences = totals.tolist()
         self.engine.train()
-        self.metrics.evaluation(self.state.global_step, mlm_sum / max(masked, 1), sop_sum / max(sequences, 1))
+        self.metrics.evaluation(self.state.global_step, mlm_sum / max(masked, 1),
+                                sop_sum / max(sequences, 1) if self.model.sop_classifier is not None else None)

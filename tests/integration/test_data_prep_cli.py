@@ -105,6 +105,22 @@ def test_parts_together_are_the_single_run(reference, small_corpus, vocab_dir, t
                            "--out", tmp_path / "m3", check=False), "given twice")
 
 
+def test_merge_refuses_parts_made_with_another_seed_or_vocabulary(small_corpus, vocab_dir, tmp_path):
+    """Parts must agree on everything that changes the bytes: one made with another seed or vocabulary would
+    make a shard set no single run could make."""
+    common = ["shards", "--source", small_corpus, "--num-proc", "1", "--quiet", "--shard-text-mb", "0.2"]
+    run_cli(*common, "--vocab", vocab_dir, "--out", tmp_path / "part0", "--part", "0/2")
+    run_cli(*common, "--vocab", vocab_dir, "--out", tmp_path / "part1-seed", "--part", "1/2", "--seed", "7")
+    one_line_error(run_cli("merge", "--parts", tmp_path / "part0", tmp_path / "part1-seed", "--out",
+                           tmp_path / "m1", check=False), "made with other settings than")
+    other_vocab = tmp_path / "vocab-other"
+    run_cli("vocab", "--source", small_corpus, "--out", other_vocab, "--vocab-size", "5000")
+    run_cli(*common, "--vocab", other_vocab, "--out", tmp_path / "part1-vocab", "--part", "1/2")
+    one_line_error(run_cli("merge", "--parts", tmp_path / "part0", tmp_path / "part1-vocab", "--out",
+                           tmp_path / "m2", check=False), "made with another vocabulary")
+    assert not (tmp_path / "m1").exists() and not (tmp_path / "m2").exists()
+
+
 def test_kill_and_rerun_gives_identical_shards(reference, small_corpus, vocab_dir, tmp_path):
     out = tmp_path / "killed"
     command = [sys.executable, "-m", "data_prep", "shards", "--source", small_corpus, "--vocab", vocab_dir,
@@ -167,6 +183,15 @@ def test_verify_names_a_corrupt_or_truncated_shard(reference, tmp_path):
     assert result.returncode == 1
     assert f"{corrupt}: sha256 differs" in result.stderr and f"{truncated}: 500 bytes" in result.stderr
     assert "seq512: ok" in result.stdout
+    # a missing shard, and a manifest whose count no longer matches an intact shard
+    long_manifest = json.load(open(copy / "seq512" / "manifest.json"))
+    missing, miscounted = long_manifest["shards"][0], long_manifest["shards"][1]
+    os.remove(copy / "seq512" / missing["file"])
+    miscounted["examples"] += 1
+    (copy / "seq512" / "manifest.json").write_text(json.dumps(long_manifest))
+    result = run_cli("verify", copy / "seq512", check=False)
+    assert result.returncode == 1 and f"{missing['file']}: missing" in result.stderr
+    assert f"{miscounted['file']}: {miscounted['examples'] - 1} examples, manifest says" in result.stderr
 
 
 def one_line_error(result, *fragments):

@@ -291,3 +291,34 @@ def test_no_usable_checkpoint_is_one_line(reference, shard_root, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("pretrain: error: checkpoints: no usable checkpoint"), last
+
+
+def test_mlm_only_trains_without_sop_and_resumes_exactly(shard_root, tmp_path):
+    """objective = "mlm" with whole-word masking at 30%: no SOP parameter in the checkpoint or the export, no
+    SOP scalar in TensorBoard, and a run stopped after 5 steps resumes to the same bits."""
+    options = ('objective="mlm"', "masking.whole_word=true", "masking.probability=0.3")
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    whole.mkdir(), parts.mkdir()
+    run(train_command(shard_root, *options), whole)
+    stopped = subprocess.run(train_command(shard_root, *options, "max_steps_this_run=5"), cwd=parts,
+                             capture_output=True, text=True, timeout=300)
+    assert stopped.returncode == 75, stopped.stderr[-3000:]
+    resumed = run(train_command(shard_root, *options), parts)
+    assert "resumed from checkpoints/step-00000005" in resumed.stderr
+    expected, got = final_parameters(str(whole)), final_parameters(str(parts))
+    assert not any("sop" in key for key in expected) and set(expected) == set(got)
+    assert all(torch.equal(expected[key], got[key]) for key in expected)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for path in glob.glob(os.path.join(whole, "runs", "events.out.tfevents.*")):
+        accumulator = EventAccumulator(path, size_guidance={"scalars": 0})
+        accumulator.Reload()
+        tags |= set(accumulator.Tags()["scalars"])
+    assert "train/mlm_loss" in tags and "eval/mlm_loss" in tags and not any("sop" in tag for tag in tags)
+    export = subprocess.run([sys.executable, "-m", "pretrain", "export", "--checkpoint", "checkpoints", "--out",
+                             "export"], cwd=whole, capture_output=True, text=True, timeout=300)
+    assert export.returncode == 0, export.stderr[-3000:]
+    from transformers import SqueezeBertForMaskedLM
+
+    SqueezeBertForMaskedLM.from_pretrained(str(whole / "export"))  # the headless export loads as before

@@ -1,8 +1,11 @@
 """Run config: file + overrides, validation with named keys, derived values."""
 
+import os
+
 import pytest
 
 from pretrain.config import RunConfigError, deepspeed_config, gradient_accumulation, load_config
+from tests.conftest import ROOT
 
 CONFIG = """
 model = "squeezebert-tiny"
@@ -113,3 +116,11 @@ def test_integers_are_taken_for_numbers(config_file):
     config = load_config(config_file, ["phases.0.peak_lr=1", "optimizer.weight_decay=0"])
     assert config.phases[0].peak_lr == 1.0 and isinstance(config.phases[0].peak_lr, float)
     assert isinstance(config.optimizer.weight_decay, float)
+
+
+def test_the_shipped_configs_load_and_state_the_papers_recipe():
+    paper = load_config(os.path.join(ROOT, "configs", "squeezebert-paper.toml"))
+    assert [(p.steps, p.global_batch, p.peak_lr, p.warmup_fraction) for p in paper.phases] == [
+        (56000, 8192, 2.5e-3, 0.28), (6000, 8192, 2.5e-3, 0.28)]
+    assert paper.objective == "mlm+sop" and paper.masking.probability == 0.15 and not paper.masking.whole_word
+    load_config(os.path.join(ROOT, "configs", "tiny.toml"))

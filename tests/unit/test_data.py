@@ -81,6 +81,78 @@ def test_masking_statistics_and_rules(shards):
     assert (ids[~chosen] == original[~chosen]).all()
 
 
+def words_of(ids, attention, special, continuation):
+    """Word index per position (-1 off words), as Google's whole-word BERT groups wordpieces."""
+    word, current, previous_candidate = [], -1, False
+    for token, real in zip(ids, attention):
+        candidate = bool(real) and token not in special
+        if candidate and not (continuation[token] and previous_candidate):
+            current += 1
+        word.append(current if candidate else -1)
+        previous_candidate = candidate
+    return word
+
+
+@pytest.mark.parametrize("length", [128, 512])
+@pytest.mark.parametrize("probability, to_mask, to_random", [(0.15, 0.8, 0.1), (0.3, 0.6, 0.2)])
+def test_configured_rates_are_the_measured_rates(shard_root, length, probability, to_mask, to_random):
+    """Over 2048 examples of the shipped corpus: the share of candidates chosen within 0.01 of the configured
+    one (where the cap does not bind), the [MASK] / random / unchanged split within 0.03, specials never."""
+    shards = ShardSet(os.path.join(shard_root, f"seq{length}"))
+    batcher = Batcher(shards, seed=1, masking=MaskingConfig(mask_probability=probability, max_predictions=length,
+                                                             mask_token_fraction=to_mask,
+                                                             random_token_fraction=to_random))
+    special = torch.tensor(sorted(set(shards.special_ids.values())))
+    batch = batcher(np.arange(0, 2048))
+    labels, ids = batch["mlm_labels"], batch["input_ids"]
+    chosen = labels != -100
+    original = torch.where(chosen, labels, ids)
+    candidates = batch["attention_mask"].bool() & ~torch.isin(original, special)
+    assert abs(chosen.sum().item() / candidates.sum().item() - probability) < 0.01
+    assert not torch.isin(labels[chosen], special).any() and not (chosen & ~candidates).any()
+    as_mask = (ids[chosen] == shards.special_ids["[MASK]"]).float().mean().item()
+    unchanged = (ids[chosen] == labels[chosen]).float().mean().item()
+    assert abs(as_mask - to_mask) < 0.03 and abs(unchanged - (1 - to_mask - to_random)) < 0.03
+
+
+@pytest.mark.parametrize("length, cap", [(128, 20), (512, 80)])
+def test_whole_word_masking_takes_whole_words_at_the_configured_rate(shard_root, length, cap):
+    from formats.layout import vocab_beside
+
+    shards = ShardSet(os.path.join(shard_root, f"seq{length}"))
+    masking = MaskingConfig(max_predictions=cap, whole_word=True)
+    batcher = Batcher(shards, seed=2, masking=masking)
+    pieces = open(os.path.join(vocab_beside(shards.folder), "vocab.txt"), encoding="utf-8").read().split("\n")
+    continuation = [piece.startswith("##") for piece in pieces]
+    special = set(shards.special_ids.values())
+    batch = batcher(np.arange(0, 1024))
+    labels, ids = batch["mlm_labels"], batch["input_ids"]
+    chosen = labels != -100
+    original = torch.where(chosen, labels, ids).tolist()
+    words_total = words_chosen = multi_piece = 0
+    for row in range(len(original)):
+        word = words_of(original[row], batch["attention_mask"][row].tolist(), special, continuation)
+        row_chosen = chosen[row].tolist()
+        by_word = {}
+        for position, index in enumerate(word):
+            if index >= 0:
+                by_word.setdefault(index, set()).add(row_chosen[position])
+        assert all(len(states) == 1 for states in by_word.values())  # never part of a word
+        assert not any(row_chosen[p] for p, index in enumerate(word) if index < 0)  # specials never
+        assert sum(row_chosen) <= cap
+        picked = [index for index, states in by_word.items() if True in states]
+        multi_piece += sum(1 for index in picked if word.count(index) > 1)
+        words_total += len(by_word)
+        words_chosen += len(picked)
+    assert multi_piece > 100  # words of several pieces were chosen, and whole
+    # the share counts words: 15% of them, a little under where the token cap binds
+    assert 0.13 < words_chosen / words_total < 0.155, words_chosen / words_total
+    # the same masks whatever else is in the micro-batch (so for any number of ranks)
+    alone = batcher(np.arange(100, 104))
+    assert torch.equal(alone["mlm_labels"][2, :alone["attention_mask"][2].sum()],
+                       batch["mlm_labels"][102, :batch["attention_mask"][102].sum()])
+
+
 def test_token_types_attention_and_sop(shards):
     batcher = Batcher(shards, seed=0, masking=MaskingConfig())
     batch = batcher(np.arange(10))
@@ -123,3 +195,22 @@ def test_bad_data_settings(shards, tmp_path):
         ShardSet(str(tmp_path))
     with pytest.raises(DataError, match="max_predictions"):
         MaskingConfig(max_predictions=0)
+
+
+def test_mlm_only_feeds_each_pair_in_document_order(shards):
+    """A pair stored swapped for SOP (B before A) comes back as written, its segments' types with it."""
+    plain = Batcher(shards, seed=0, masking=MaskingConfig())
+    ordered = Batcher(shards, seed=0, masking=MaskingConfig(), document_order=True)
+    samples = np.arange(0, 256)
+    _, examples = plain.order.examples(samples)
+    swapped = [row for row, index in enumerate(examples) if shards.example(int(index))[2] == 1]
+    assert 50 < len(swapped) < 200
+    batch = ordered(samples)
+    assert int(batch["sop_labels"].sum()) == 0
+    for row in swapped[:20]:
+        ids, a_length, _ = shards.example(int(examples[row]))
+        first, second = ids[1 : 1 + a_length].tolist(), ids[2 + a_length : -1].tolist()
+        length = int(batch["attention_mask"][row].sum())
+        original = torch.where(batch["mlm_labels"][row] != -100, batch["mlm_labels"][row], batch["input_ids"][row])
+        assert original[:length].tolist() == [ids[0], *second, ids[1 + a_length], *first, ids[-1]]
+        assert batch["token_type_ids"][row, : length].tolist() == [0] * (len(second) + 2) + [1] * (len(first) + 1)

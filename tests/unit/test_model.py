@@ -264,3 +264,14 @@ def test_gradient_checkpointing_key_loads_exports_and_overrides():
     assert model.transformer.config.gradient_checkpointing is True
     with pytest.raises(ConfigError, match="model.gradient_checkpointing 'yes': must be true or false"):
         build_model(RunConfig(model="squeezebert-tiny", model_overrides={"gradient_checkpointing": "yes"}))
+
+def test_an_mlm_only_model_has_no_sop_head_and_its_loss_is_the_mlm_loss():
+    config = ModelConfig(vocab_size=512, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)
+    model = SqueezeBertForPretraining(config, sop=False).eval()
+    assert not any("sop" in name for name in model.state_dict())
+    ids = torch.randint(5, 512, (2, 16))
+    labels = torch.full_like(ids, -100)
+    labels[:, 3] = ids[:, 3]
+    output = model(ids, torch.ones_like(ids), torch.zeros_like(ids), labels, torch.zeros(2, dtype=torch.long))
+    assert output.sop_logits is None and output.sop_loss.item() == 0 and torch.equal(output.loss, output.mlm_loss)
