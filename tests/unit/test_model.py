@@ -265,6 +265,21 @@ def test_gradient_checkpointing_key_loads_exports_and_overrides():
     with pytest.raises(ConfigError, match="model.gradient_checkpointing 'yes': must be true or false"):
         build_model(RunConfig(model="squeezebert-tiny", model_overrides={"gradient_checkpointing": "yes"}))
 
+
+def test_gradient_checkpointing_applies_to_a_model_loaded_with_init_from(tmp_path):
+    """The README's separate phase-2 run starts from init_from: the switch must reach that model too, and an
+    override that would contradict the loaded weights is refused."""
+    from pretrain.config import RunConfig, RunConfigError
+    from pretrain.trainer import build_model
+
+    save_model_folder(SqueezeBertForPretraining(SMALL), str(tmp_path / "phase1"))
+    loaded = build_model(RunConfig(init_from=str(tmp_path / "phase1"),
+                                   model_overrides={"gradient_checkpointing": True}))
+    assert loaded.transformer.config.gradient_checkpointing is True
+    with pytest.raises(RunConfigError, match=r"model_overrides \['hidden_size'\]: a model loaded from init_from"):
+        build_model(RunConfig(init_from=str(tmp_path / "phase1"), model_overrides={"hidden_size": 64}))
+
+
 def test_an_mlm_only_model_has_no_sop_head_and_its_loss_is_the_mlm_loss():
     config = ModelConfig(vocab_size=512, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=64)
