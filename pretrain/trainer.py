@@ -86,12 +86,24 @@ class TrainerState:
             setattr(self, key, values[key])
 
 
+RUNTIME_MODEL_FIELDS = ("gradient_checkpointing",)
+
+
 def build_model(config: RunConfig) -> SqueezeBertForPretraining:
     from .model_files import load_any
 
     sop = config.objective == "mlm+sop"
     if config.init_from:
         model, _vocab = load_any(config.init_from)
+        # Overrides that change how the model runs, not its weights, apply to a loaded model too (the README's
+        # separate phase-2 run starts from init_from); any other override would contradict the weights.
+        fixed = sorted(set(config.model_overrides) - set(RUNTIME_MODEL_FIELDS))
+        if fixed:
+            raise RunConfigError(f"model_overrides {fixed}: a model loaded from init_from keeps its own; only "
+                                 f"{list(RUNTIME_MODEL_FIELDS)} can be set for it")
+        for name, value in config.model_overrides.items():
+            setattr(model.config, name, value)
+        model.config.__post_init__()  # the same checks as a config file's value
         if not sop:
             model.remove_sop_head()
         elif model.sop_classifier is None:

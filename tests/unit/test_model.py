@@ -1,5 +1,6 @@
-"""The model against transformers' SqueezeBERT: parity, masks, gradients, export/import, FLOPs."""
+"""The model against transformers' SqueezeBERT: parity, masks, gradients, export/import, FLOPs; checkpointing."""
 
+import dataclasses
 
 import pytest
 import torch
@@ -7,7 +8,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import SqueezeBertConfig, SqueezeBertForMaskedLM, SqueezeBertForSequenceClassification
 
-from pretrain.model import ModelConfig, count_parameters, flops_per_token, step_flops
+from pretrain.model import ConfigError, ModelConfig, count_parameters, flops_per_token, step_flops
 from pretrain.model_files import (
     export_headless,
     import_transformers,
@@ -199,6 +200,84 @@ def test_cpu_training_attention_path_is_sdpa_arithmetic():
     assert torch.allclose(attention(q, k, v, mask, tiny_p, training=True), reference * (1 / (1 - tiny_p)), atol=1e-6)
     keep = dropout_keep_mask(torch.Size([400, 1000]), 0.1, torch.device("cpu"))
     assert abs(keep.float().mean().item() - 0.9) < 0.003
+
+
+def count_layer_forwards(model: SqueezeBertForPretraining) -> list[int]:
+    """Per encoder layer, how many times its forward runs from now on (a recomputation counts)."""
+    counts = [0] * len(model.transformer.encoder.layers)
+    for index, layer in enumerate(model.transformer.encoder.layers):
+        layer.register_forward_pre_hook(lambda *_, index=index: counts.__setitem__(index, counts[index] + 1))
+    return counts
+
+
+def training_step(checkpointing: bool, seed: int = 7):
+    """Loss, gradients and per-layer forward counts of one step at length 128, dropout on."""
+    config = dataclasses.replace(SMALL, gradient_checkpointing=checkpointing)
+    torch.manual_seed(0)
+    model = SqueezeBertForPretraining(config).train()
+    counts = count_layer_forwards(model)
+    batch = random_batch(config, n=2, w=128)
+    torch.manual_seed(seed)  # the dropout masks
+    loss = model(*batch).loss
+    loss.backward()
+    return loss.detach(), {name: p.grad for name, p in model.named_parameters()}, counts
+
+
+def test_gradient_checkpointing_recomputes_and_changes_no_number():
+    loss, gradients, counts = training_step(checkpointing=False)
+    checkpointed_loss, checkpointed_gradients, checkpointed_counts = training_step(checkpointing=True)
+    assert counts == [1, 1] and checkpointed_counts == [2, 2]  # each layer's forward ran again in backward
+    assert torch.equal(loss, checkpointed_loss)
+    assert gradients.keys() == checkpointed_gradients.keys()
+    for name, gradient in gradients.items():  # the recomputation runs the same kernels on the same inputs
+        assert torch.equal(gradient, checkpointed_gradients[name]), name
+    other_masks, _, _ = training_step(checkpointing=True, seed=8)
+    assert not torch.equal(loss, other_masks)  # dropout is on, so equal masks were what made them equal
+
+
+def test_gradient_checkpointing_is_off_without_gradients():
+    torch.manual_seed(0)
+    plain = SqueezeBertForPretraining(SMALL)
+    checkpointed = SqueezeBertForPretraining(dataclasses.replace(SMALL, gradient_checkpointing=True))
+    assert checkpointed.state_dict().keys() == plain.state_dict().keys()  # no new parameter names or buffers
+    checkpointed.load_state_dict(plain.state_dict())
+    counts = count_layer_forwards(checkpointed)
+    batch = random_batch(SMALL)
+    with torch.no_grad():
+        expected = plain.eval()(*batch).loss
+        assert torch.equal(checkpointed.eval()(*batch).loss, expected)
+        checkpointed.train()(*batch)  # training mode, but no backward pass to recompute for
+    assert counts == [2, 2]
+
+
+def test_gradient_checkpointing_key_loads_exports_and_overrides():
+    from pretrain.config import RunConfig
+    from pretrain.trainer import build_model
+
+    old = {k: v for k, v in SMALL.to_dict().items() if k != "gradient_checkpointing"}  # before the key existed
+    assert ModelConfig.from_dict(old).gradient_checkpointing is False
+    assert ModelConfig.preset("squeezebert-base").gradient_checkpointing is False
+    on = dataclasses.replace(SMALL, gradient_checkpointing=True)
+    assert "gradient_checkpointing" not in transformers_config(on)
+    assert ModelConfig.from_dict(on.to_dict()) == on  # checkpoints and model folders keep it
+    model = build_model(RunConfig(model="squeezebert-tiny", model_overrides={"gradient_checkpointing": True}))
+    assert model.transformer.config.gradient_checkpointing is True
+    with pytest.raises(ConfigError, match="model.gradient_checkpointing 'yes': must be true or false"):
+        build_model(RunConfig(model="squeezebert-tiny", model_overrides={"gradient_checkpointing": "yes"}))
+
+
+def test_gradient_checkpointing_applies_to_a_model_loaded_with_init_from(tmp_path):
+    """The README's separate phase-2 run starts from init_from: the switch must reach that model too, and an
+    override that would contradict the loaded weights is refused."""
+    from pretrain.config import RunConfig, RunConfigError
+    from pretrain.trainer import build_model
+
+    save_model_folder(SqueezeBertForPretraining(SMALL), str(tmp_path / "phase1"))
+    loaded = build_model(RunConfig(init_from=str(tmp_path / "phase1"),
+                                   model_overrides={"gradient_checkpointing": True}))
+    assert loaded.transformer.config.gradient_checkpointing is True
+    with pytest.raises(RunConfigError, match=r"model_overrides \['hidden_size'\]: a model loaded from init_from"):
+        build_model(RunConfig(init_from=str(tmp_path / "phase1"), model_overrides={"hidden_size": 64}))
 
 
 def test_an_mlm_only_model_has_no_sop_head_and_its_loss_is_the_mlm_loss():
