@@ -79,3 +79,15 @@ def test_a_damaged_weights_file_is_one_line(tmp_path):
     result = run_pretrain("export", "--checkpoint", tmp_path / "model", "--out", tmp_path / "export")
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert "model.safetensors: not a readable weights file" in result.stderr
+
+
+def test_the_export_is_fp32_whatever_the_model_was_held_in(tmp_path):
+    from safetensors import safe_open
+
+    from pretrain.model_files import export_headless
+
+    model = tiny_model().to(torch.bfloat16)  # e.g. a model kept in bf16 by someone's script
+    export_headless(model, str(tmp_path / "export"))
+    with safe_open(str(tmp_path / "export" / "model.safetensors"), framework="pt") as weights:
+        dtypes = {weights.get_tensor(name).dtype for name in weights.keys()}
+    assert dtypes == {torch.float32}

@@ -140,6 +140,16 @@ def test_two_ranks_under_the_deepspeed_launcher_match_one_process(shard_root, tm
     assert sorted(p.name for p in state.glob("rng-rank*.pt")) == ["rng-rank00000.pt", "rng-rank00001.pt"]
 
 
+def test_every_checkpoint_stores_the_resolved_config(reference, shard_root):
+    """The resolved run config (file, then --set) travels in every checkpoint, so a checkpoint says how it was
+    made."""
+    expected = load_config(CONFIG, train_command(shard_root)[train_command(shard_root).index("--set") + 1::2])
+    for step in (9, 12):
+        path = os.path.join(reference, "checkpoints", f"step-{step:08d}", "state", "mp_rank_00_model_states.pt")
+        stored = torch.load(path, map_location="cpu", weights_only=False)["config"]
+        assert stored == expected.to_dict()
+
+
 def test_schedule_read_back_from_tensorboard(reference):
     config = load_config(CONFIG, ['phases.0.shards="x"', 'phases.1.shards="y"'])
     rates = scalars(reference, "progress/lr")
