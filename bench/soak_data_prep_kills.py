@@ -32,6 +32,8 @@ import subprocess
 import sys
 import time
 
+from soak_common import group_alive  # bench/ is on sys.path when a bench runs as a script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "tests", "assets", "enwiki_sample")
 
@@ -39,18 +41,6 @@ SAMPLE = os.path.join(ROOT, "tests", "assets", "enwiki_sample")
 def shards_command(vocab: str, out: str) -> list[str]:
     return [sys.executable, "-m", "data_prep", "shards", "--source", SAMPLE, "--vocab", vocab, "--out", out,
             "--num-proc", "2", "--shard-text-mb", "0.04", "--quiet"]
-
-
-def group_alive(pgid: int) -> bool:
-    """Any process of the group not yet dead (zombies count as dead: this container's init may not reap)."""
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            return True
-    return False
 
 
 def unit_records(out: str) -> dict[str, set[str]]:

@@ -33,6 +33,8 @@ import subprocess
 import sys
 import time
 
+from soak_common import group_alive  # bench/ is on sys.path when a bench runs as a script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "tests", "assets", "enwiki_sample")
 CONFIG = os.path.join(ROOT, "configs", "tiny.toml")
@@ -54,18 +56,6 @@ def train_command(shards: str, steps: list[int]) -> list[str]:
     sets = [f'phases.{i}.shards="{os.path.join(shards, name)}"' for i, name in enumerate(("seq128", "seq512"))]
     sets += [f"phases.0.steps={steps[0]}", f"phases.1.steps={steps[1]}"]
     return [sys.executable, "-m", "pretrain", "train", "--config", CONFIG, *[a for s in sets for a in ("--set", s)]]
-
-
-def group_alive(pgid: int) -> bool:
-    """Any process of the group not yet dead (zombies count as dead: this container's init may not reap)."""
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            return True
-    return False
 
 
 def temporaries(workdir: str) -> set[str]:
