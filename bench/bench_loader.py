@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--corpus", default=DEFAULT_CORPUS)
     parser.add_argument("--micro-batch", type=int, default=64)
     parser.add_argument("--samples", type=int, default=20000)
+    parser.add_argument("--whole-word", action="store_true", help="whole-word masking (masking.whole_word)")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="bench_loader_")
     run = lambda *a: subprocess.run([sys.executable, "-m", "data_prep", *a], cwd=ROOT, check=True,  # noqa: E731
@@ -42,7 +43,8 @@ def main() -> None:
     rates = {}
     for seq_len, max_predictions in ((128, 20), (512, 80)):
         shards = ShardSet(os.path.join(work, "shards", f"seq{seq_len}"))
-        batcher = Batcher(shards, seed=0, masking=MaskingConfig(max_predictions=max_predictions))
+        masking = MaskingConfig(max_predictions=max_predictions, whole_word=args.whole_word)
+        batcher = Batcher(shards, seed=0, masking=masking)
         batcher(np.arange(args.micro_batch))  # warm-up
         total = min(args.samples, 4 * len(shards))
         start = time.perf_counter()
@@ -51,7 +53,8 @@ def main() -> None:
         rates[seq_len] = total / (time.perf_counter() - start)
         print(f"seq {seq_len}: {len(shards):,} examples in the set, {total:,} samples in micro-batches of "
               f"{args.micro_batch}: {rates[seq_len]:,.0f} samples/s")
-    print(f"loader samples/s (one process): {rates[128]:,.0f} at 128, {rates[512]:,.0f} at 512")
+    masking = "whole-word masking" if args.whole_word else "token masking"
+    print(f"loader samples/s (one process, {masking}): {rates[128]:,.0f} at 128, {rates[512]:,.0f} at 512")
 
 
 if __name__ == "__main__":
