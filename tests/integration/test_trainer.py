@@ -4,6 +4,7 @@ the `deepspeed` launcher, the schedule read back from TensorBoard, and bad confi
 import glob
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -315,6 +316,7 @@ def test_mlm_only_trains_without_sop_and_resumes_exactly(shard_root, tmp_path):
     assert stopped.returncode == 75, stopped.stderr[-3000:]
     resumed = run(train_command(shard_root, *options), parts)
     assert "resumed from checkpoints/step-00000005" in resumed.stderr
+    assert re.search(r"saved checkpoints/step-00000012 in \d+\.\d s", resumed.stderr)  # each save logs its time
     expected, got = final_parameters(str(whole)), final_parameters(str(parts))
     assert not any("sop" in key for key in expected) and set(expected) == set(got)
     assert all(torch.equal(expected[key], got[key]) for key in expected)

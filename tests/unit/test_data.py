@@ -214,3 +214,12 @@ def test_mlm_only_feeds_each_pair_in_document_order(shards):
         original = torch.where(batch["mlm_labels"][row] != -100, batch["mlm_labels"][row], batch["input_ids"][row])
         assert original[:length].tolist() == [ids[0], *second, ids[1 + a_length], *first, ids[-1]]
         assert batch["token_type_ids"][row, : length].tolist() == [0] * (len(second) + 2) + [1] * (len(first) + 1)
+
+
+def test_whole_word_masking_without_the_vocabulary_beside_the_shards_is_one_line(shards, tmp_path):
+    import shutil
+
+    alone = tmp_path / "seq128"
+    shutil.copytree(shards.folder, alone)  # the shards without the vocabulary folder beside them
+    with pytest.raises(DataError, match=r"whole-word masking needs the vocabulary beside the shards .*vocab.txt"):
+        Batcher(ShardSet(str(alone)), seed=0, masking=MaskingConfig(whole_word=True))
