@@ -1,8 +1,10 @@
 """Shared fixtures: real Wikipedia text (tests/assets/enwiki_sample) and a vocabulary trained on it."""
 
+import glob
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -42,3 +44,18 @@ def shard_root(tmp_path_factory, small_corpus, vocab_dir):
     run_cli("shards", "--source", small_corpus, "--vocab", vocab_dir, "--out", out, "--num-proc", "1",
             "--shard-text-mb", "0.2", "--quiet")
     return str(out)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def remove_deepspeed_shared_memory():
+    """DeepSpeed's CPU all-reduce (ops/csrc/cpu/comm/shm.cpp) leaves a 66 MB buffer per rank in /dev/shm and
+    never unlinks it; a suite of multi-rank runs would leave gigabytes of RAM behind. CPU test runs only: on
+    GPUs the collectives are NCCL's."""
+    started = time.time()
+    yield
+    for path in glob.glob("/dev/shm/deepspeed_allreduce_buffer_*"):
+        try:
+            if os.path.getmtime(path) >= started:
+                os.remove(path)
+        except OSError:
+            pass
