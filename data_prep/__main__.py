@@ -10,7 +10,7 @@ import os
 import sys
 
 from formats.errors import OneLineArgumentParser, UserError
-from formats.layout import seq_folder, vocab_dir
+from formats.layout import seq_folder, shard_set_name, vocab_dir
 
 from .config import SPECIAL_TOKENS, PrepConfig, PrepError, parse_part
 from .plain_text import TEXT_FORMATS
@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     shards.add_argument("--seed", type=int, default=PrepConfig.seed, help="default %(default)s")
     shards.add_argument("--dupe-factor", type=int, default=PrepConfig.dupe_factor, help="default %(default)s")
     shards.add_argument("--short-seq-prob", type=float, default=PrepConfig.short_seq_prob, help="default %(default)s")
+    shards.add_argument("--holdout-fraction", type=float, default=PrepConfig.holdout_fraction, metavar="F",
+                        help="hold out this share of the documents (e.g. 0.03, as the paper) in OUT/seq<N>-heldout/ "
+                             "for evaluation; by document, deterministic (default %(default)s: none)")
     shards.add_argument("--part", default="0/1", help="i/N: make only part i (0-based) of N, for N machines")
     shards.add_argument("--shard-text-mb", type=float, default=PrepConfig.shard_text_mb,
                         help="input text per shard (default %(default)s)")
@@ -102,6 +105,7 @@ def prep_config(args: argparse.Namespace) -> PrepConfig:
         max_sentence_tokens=args.max_sentence_tokens,
         bookcorpus_doc_sentences=args.bookcorpus_doc_sentences,
         lowercase=not args.cased,
+        holdout_fraction=args.holdout_fraction,
         part_index=part_index,
         part_count=part_count,
     )
@@ -183,10 +187,10 @@ def command_merge(args: argparse.Namespace) -> None:
     from .merge import merge_parts
 
     merged = merge_parts(args.parts, args.out)
-    for seq_len, manifest in merged.items():
+    for (seq_len, split), manifest in merged.items():
         totals = manifest["totals"]
-        print(f"data_prep: merged {len(args.parts)} parts: seq{seq_len} {totals['examples']:,} examples in "
-              f"{totals['shards']} shards -> {seq_folder(args.out, seq_len)}", file=sys.stderr)
+        print(f"data_prep: merged {len(args.parts)} parts: {shard_set_name(seq_len, split)} {totals['examples']:,} "
+              f"examples in {totals['shards']} shards -> {seq_folder(args.out, seq_len, split)}", file=sys.stderr)
 
 
 def command_demo(args: argparse.Namespace) -> None:

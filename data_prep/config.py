@@ -73,6 +73,11 @@ class PrepConfig:
     lowercase: bool = True
     """Uncased vocabulary (the paper's). Recorded so a cased run cannot resume an uncased one."""
 
+    holdout_fraction: float = 0.0
+    """Share of the documents set aside for evaluation (the paper held out 3%): a document goes to the held-out
+    shard sets (`seqN-heldout/`) when a hash of (seed, its index in the input) says so, so the split is by
+    document, the same for any `--num-proc` or `--part`, and disjoint from training."""
+
     part_index: int = 0
     part_count: int = 1
     """`--part i/N`: this run makes only the units u with u % N == i (0-based), for N machines."""
@@ -100,6 +105,8 @@ class PrepConfig:
             except re.error as error:
                 raise PrepError(f"--doc-separator {self.doc_separator!r}: not a regular expression ({error})") \
                     from None
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise PrepError(f"--holdout-fraction {self.holdout_fraction}: must be within [0, 1), e.g. 0.03")
         if self.max_line_mb <= 0:
             raise PrepError(f"--max-line-mb {self.max_line_mb}: must be positive")
         if self.max_sentence_tokens < 2:

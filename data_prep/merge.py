@@ -12,7 +12,7 @@ import os
 import shutil
 
 from formats.files import atomic_write_bytes, commit
-from formats.layout import seq_folder, seq_lengths, vocab_dir
+from formats.layout import seq_folder, seq_lengths, shard_set_name, vocab_dir
 from formats.manifest import build_manifest, load_manifest, records_from_manifest, write_manifest
 
 from .config import PrepError
@@ -44,13 +44,14 @@ def merge_parts(part_dirs: list[str], out_dir: str) -> dict[int, dict]:
             raise PrepError(f"--parts {part_dir}: has lengths {found}, another part has {seq_lens}")
         seq_lens = found
     merged = {}
-    for seq_len in seq_lens:
-        manifests = [load_manifest(seq_folder(d, seq_len)) for d in part_dirs]
+    held_out = load_manifest(seq_folder(part_dirs[0], seq_lens[0]))["config"].get("holdout_fraction", 0) > 0
+    for seq_len, split in [(n, split) for n in seq_lens for split in ("train", "heldout")[: 1 + held_out]]:
+        manifests = [load_manifest(seq_folder(d, seq_len, split)) for d in part_dirs]
         first = manifests[0]
         count = first["part"]["count"]
         indices = [m["part"]["index"] for m in manifests]
         for part_dir, manifest in zip(part_dirs, manifests):
-            where = f"--parts {part_dir} (seq{seq_len})"
+            where = f"--parts {part_dir} ({shard_set_name(seq_len, split)})"
             if manifest["part"]["count"] != count:
                 raise PrepError(f"{where}: is part of {manifest['part']['count']}, others of {count}")
             if manifest["tokenizer"] != first["tokenizer"]:
@@ -67,18 +68,19 @@ def merge_parts(part_dirs: list[str], out_dir: str) -> dict[int, dict]:
         records = sorted((r for m in manifests for r in records_from_manifest(m)), key=lambda r: r["unit"])
         units = [r["unit"] for r in records]
         if units != list(range(len(units))):
-            raise PrepError(f"--parts: units {sorted(set(range(units[-1] + 1)) - set(units))} of seq{seq_len} are "
-                            "missing (a part was not finished?)")
-        folder = seq_folder(out_dir, seq_len)
+            raise PrepError(f"--parts: units {sorted(set(range(units[-1] + 1)) - set(units))} of "
+                            f"{shard_set_name(seq_len, split)} are missing (a part was not finished?)")
+        folder = seq_folder(out_dir, seq_len, split)
         os.makedirs(folder, exist_ok=True)
         for part_dir, manifest in zip(part_dirs, manifests):
             for shard in manifest["shards"]:
-                _link_or_copy(os.path.join(seq_folder(part_dir, seq_len), shard["file"]),
+                _link_or_copy(os.path.join(seq_folder(part_dir, seq_len, split), shard["file"]),
                               os.path.join(folder, shard["file"]))
         config = {**first["config"], "part_index": 0, "part_count": 1}
-        merged[seq_len] = build_manifest(seq_len, config, first["tokenizer"], records, (0, 1))
-        write_manifest(folder, merged[seq_len])
+        merged[seq_len, split] = build_manifest(seq_len, config, first["tokenizer"], records, (0, 1), split)
+        write_manifest(folder, merged[seq_len, split])
     copy_vocab(vocab_dir(part_dirs[0]), out_dir)
-    state = {"config": merged[seq_lens[0]]["config"], "tokenizer": merged[seq_lens[0]]["tokenizer"]}
+    first_set = merged[seq_lens[0], "train"]
+    state = {"config": first_set["config"], "tokenizer": first_set["tokenizer"]}
     atomic_write_bytes(os.path.join(out_dir, STATE_FILE), (json.dumps(state, indent=1) + "\n").encode("utf-8"))
     return merged

@@ -11,6 +11,7 @@ import os
 from formats.files import TMP_SUFFIX, atomic_write_bytes, file_sha256, remove_quietly
 from formats.layout import seq_folder
 from formats.layout import vocab_dir as vocab_dir_of
+from formats.manifest import split_records
 from formats.vocabulary import TOKENIZER_FILE, copy_vocab_files
 
 from .config import PrepConfig, PrepError
@@ -51,23 +52,31 @@ class OutputFolder:
                 )
         else:
             atomic_write_bytes(state_path, (json.dumps(state, indent=1) + "\n").encode("utf-8"))
+        self.splits = ["train"] + (["heldout"] if config.holdout_fraction > 0 else [])
         for seq_len in config.seq_lens:
-            folder = seq_folder(out_dir, seq_len)
-            os.makedirs(os.path.join(folder, PROGRESS_DIR), exist_ok=True)
-            for stale in glob.glob(os.path.join(folder, f"*{TMP_SUFFIX}")):
-                remove_quietly(stale)  # an interrupted write; the unit is redone
+            for split in self.splits:
+                folder = seq_folder(out_dir, seq_len, split)
+                os.makedirs(folder, exist_ok=True)
+                for stale in glob.glob(os.path.join(folder, f"*{TMP_SUFFIX}")):
+                    remove_quietly(stale)  # an interrupted write; the unit is redone
+            os.makedirs(os.path.join(seq_folder(out_dir, seq_len), PROGRESS_DIR), exist_ok=True)
+
+    def shard_sets(self, seq_lens: list[int]) -> dict[tuple[int, str], str]:
+        """(length, split) → folder of every shard set this run makes."""
+        return {(n, split): seq_folder(self.out_dir, n, split) for n in seq_lens for split in self.splits}
 
     def finished_record(self, unit_index: int, seq_lens: list[int]) -> dict | None:
         record = None
         for seq_len in seq_lens:
-            folder = seq_folder(self.out_dir, seq_len)
-            path = os.path.join(folder, PROGRESS_DIR, f"unit-{unit_index:06d}.json")
+            path = os.path.join(seq_folder(self.out_dir, seq_len), PROGRESS_DIR, f"unit-{unit_index:06d}.json")
             try:
                 with open(path, encoding="utf-8") as handle:
                     record = json.load(handle)
-                shard = record["shards"][str(seq_len)]
-                if os.path.getsize(os.path.join(folder, shard["file"])) != shard["bytes"]:
-                    return None
+                for split in self.splits:
+                    shard = split_records([record], split)[0]["shards"][str(seq_len)]
+                    if os.path.getsize(os.path.join(seq_folder(self.out_dir, seq_len, split), shard["file"])) \
+                            != shard["bytes"]:
+                        return None
             except (OSError, ValueError, KeyError):
                 return None
         return record

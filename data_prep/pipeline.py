@@ -24,7 +24,7 @@ import sys
 from collections import Counter, deque
 
 from formats.layout import seq_folder
-from formats.manifest import MANIFEST_FILE, build_manifest, load_manifest, write_manifest
+from formats.manifest import MANIFEST_FILE, build_manifest, load_manifest, split_records, write_manifest
 from formats.vocabulary import TOKENIZER_FILE
 
 from .config import PrepConfig, PrepError
@@ -44,13 +44,14 @@ def run_shards(config: PrepConfig, vocab_dir: str, out_dir: str, num_proc: int, 
     if progress:
         print(f"data_prep: resolved config {json.dumps(config.to_dict())} num_proc={num_proc}", file=sys.stderr)
     folders = {n: seq_folder(out_dir, n) for n in config.seq_lens}
-    if all(os.path.isfile(os.path.join(f, MANIFEST_FILE)) for f in folders.values()):
+    shard_sets = output.shard_sets(config.seq_lens)
+    if all(os.path.isfile(os.path.join(f, MANIFEST_FILE)) for f in shard_sets.values()):
         # Manifests are written only once every unit is done; a run killed while it then removed the
         # per-unit records left some behind, which are finished with here rather than taken for work to redo.
         for folder in folders.values():
             shutil.rmtree(os.path.join(folder, PROGRESS_DIR), ignore_errors=True)
         print(f"data_prep: {out_dir} is complete with these settings; nothing to do", file=sys.stderr)
-        return {n: load_manifest(f) for n, f in folders.items()}
+        return {key: load_manifest(f) for key, f in shard_sets.items()}
     copy_vocab(vocab_dir, out_dir)
 
     skips = SkipCounter(quiet=not progress)
@@ -69,6 +70,7 @@ def run_shards(config: PrepConfig, vocab_dir: str, out_dir: str, num_proc: int, 
     else:
         init_worker(*worker_args, 0)
     pending: deque = deque()
+    first_document = 0  # the input position of the unit's first document: it decides the held-out split
 
     def collect(oldest) -> None:
         unit_index, input_bytes, result = oldest
@@ -78,6 +80,8 @@ def run_shards(config: PrepConfig, vocab_dir: str, out_dir: str, num_proc: int, 
 
     try:
         for unit_index, documents, unit_skips, text_formats, input_bytes in work_units(reader, unit_bytes):
+            first_document, unit_args = first_document + len(documents), \
+                (unit_index, documents, unit_skips, text_formats, first_document)
             if unit_index % config.part_count != config.part_index:
                 meter.advance(input_bytes, None)
                 continue
@@ -87,11 +91,11 @@ def run_shards(config: PrepConfig, vocab_dir: str, out_dir: str, num_proc: int, 
                 meter.advance(input_bytes, done, resumed=True)
                 continue
             if pool is None:
-                collect((unit_index, input_bytes, process_unit(unit_index, documents, unit_skips, text_formats)))
+                collect((unit_index, input_bytes, process_unit(*unit_args)))
                 continue
-            result = pool.apply_async(process_unit, (unit_index, documents, unit_skips, text_formats))
+            result = pool.apply_async(process_unit, unit_args)
             pending.append((unit_index, input_bytes, result))
-            del documents
+            del documents, unit_args
             while len(pending) >= 2 * num_proc:
                 collect(pending.popleft())
         while pending:
@@ -113,11 +117,12 @@ def run_shards(config: PrepConfig, vocab_dir: str, out_dir: str, num_proc: int, 
             "check the paths and formats"
         )
     manifests = {}
-    for seq_len, folder in folders.items():
-        manifests[seq_len] = build_manifest(
-            seq_len, config.to_dict(), info, ordered, (config.part_index, config.part_count)
+    for (seq_len, split), folder in shard_sets.items():
+        manifests[seq_len, split] = build_manifest(
+            seq_len, config.to_dict(), info, split_records(ordered, split), (config.part_index, config.part_count),
+            split,
         )
-        write_manifest(folder, manifests[seq_len])
+        write_manifest(folder, manifests[seq_len, split])
     for folder in folders.values():
         shutil.rmtree(os.path.join(folder, PROGRESS_DIR), ignore_errors=True)
     meter.summary(manifests, out_dir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 
-from formats.layout import seq_folder
+from formats.layout import seq_folder, shard_set_name
 
 
 class Progress:
@@ -38,23 +38,29 @@ class Progress:
         self.bar.close()
 
     def summary(self, manifests: dict, out_dir: str) -> None:
+        """`manifests`: (length, split) → manifest."""
         if not self.enabled:
             return
         elapsed = time.monotonic() - self.start
-        first = next(iter(manifests.values()))
+        seq_len = min(n for n, _ in manifests)
+        per_split = {split: manifests[n, split]["inputs"] for n, split in manifests if n == seq_len}
+        inputs = {key: sum(counts.get(key, 0) for counts in per_split.values())
+                  for key in ("documents", "sentences", "tokens")}
         lines = [
-            f"data_prep: {first['inputs'].get('documents', 0):,} documents, "
-            f"{first['inputs'].get('sentences', 0):,} sentences, "
-            f"{first['inputs'].get('tokens', 0):,} input tokens in {elapsed:,.1f} s "
+            f"data_prep: {inputs['documents']:,} documents, {inputs['sentences']:,} sentences, "
+            f"{inputs['tokens']:,} input tokens in {elapsed:,.1f} s "
             f"({self.tokens / max(elapsed, 1e-9):,.0f} tokens/s this run; {self.resumed_units} units kept from before)"
         ]
-        for seq_len, manifest in manifests.items():
+        if "heldout" in per_split:
+            lines.append(f"  held out: {per_split['heldout'].get('documents', 0):,} documents "
+                         f"({per_split['heldout'].get('tokens', 0) / max(inputs['tokens'], 1):.2%} of the tokens)")
+        for (length, split), manifest in manifests.items():
             totals = manifest["totals"]
             lines.append(
-                f"  seq{seq_len}: {totals['examples']:,} examples, {totals['tokens']:,} tokens "
-                f"in {totals['shards']} shards"
-                f" -> {seq_folder(out_dir, seq_len)}"
+                f"  {shard_set_name(length, split)}: {totals['examples']:,} examples, "
+                f"{totals['tokens']:,} tokens in {totals['shards']} shards -> {seq_folder(out_dir, length, split)}"
             )
-        if first["skipped"]:
-            lines.append("  skipped: " + ", ".join(f"{k}={v:,}" for k, v in first["skipped"].items()))
+        skipped = manifests[seq_len, "train"]["skipped"]
+        if skipped:
+            lines.append("  skipped: " + ", ".join(f"{k}={v:,}" for k, v in skipped.items()))
         print("\n".join(lines), file=sys.stderr)

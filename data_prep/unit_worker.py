@@ -24,6 +24,7 @@ from .sentences import split_sentences
 from .sop_pairs import assemble, pair_document
 from .sources import Document
 from .tokenizer import special_token_ids
+from .units import is_held_out
 
 ENCODE_BATCH_SENTENCES = 4096  # bounds the Encoding objects alive at once (~100 bytes per token)
 
@@ -55,8 +56,9 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 
 def tokenize_unit(documents: list[Document], config: PrepConfig,
-                  tokenizer) -> tuple[np.ndarray, list[np.ndarray], Counter]:
-    """Token ids of the unit (one flat array) and, per document, its sentence offsets into it."""
+                  tokenizer) -> tuple[np.ndarray, list[np.ndarray], list[int], Counter]:
+    """Token ids of the unit (one flat array), per document its sentence offsets into it, and the documents'
+    positions in `documents` (those without tokens are left out)."""
     skips: Counter = Counter()
     sentences: list[str] = []
     doc_sentence_counts = []
@@ -73,8 +75,9 @@ def tokenize_unit(documents: list[Document], config: PrepConfig,
     del ids, sentences
     ends = np.cumsum(lengths)
     doc_offsets: list[np.ndarray] = []
+    kept: list[int] = []
     first = 0
-    for count in doc_sentence_counts:
+    for position, count in enumerate(doc_sentence_counts):
         sentence_ends = ends[first : first + count]
         start = int(ends[first - 1]) if first > 0 else 0
         first += count
@@ -85,7 +88,8 @@ def tokenize_unit(documents: list[Document], config: PrepConfig,
             skips["document_without_tokens"] += 1
             continue
         doc_offsets.append(bounds)
-    return flat, doc_offsets, skips
+        kept.append(position)
+    return flat, doc_offsets, kept, skips
 
 
 def _cut_long_sentences(bounds: np.ndarray, max_tokens: int) -> np.ndarray:
@@ -98,40 +102,59 @@ def _cut_long_sentences(bounds: np.ndarray, max_tokens: int) -> np.ndarray:
     return np.concatenate(pieces)
 
 
-def process_unit(unit_index: int, documents: list[Document], reader_skips: dict, text_formats: dict) -> dict:
+def process_unit(unit_index: int, documents: list[Document], reader_skips: dict, text_formats: dict,
+                 first_document: int = 0) -> dict:
+    """`first_document`: the input position of the unit's first document, which decides the held-out split."""
     config: PrepConfig = _worker["config"]
     tokenizer = _worker["tokenizer"]
     special = special_token_ids(tokenizer)
-    tokens, doc_offsets, skips = tokenize_unit(documents, config, tokenizer)
+    tokens, doc_offsets, kept, skips = tokenize_unit(documents, config, tokenizer)
     skips.update(reader_skips)
+    held_out = [is_held_out(config.seed, first_document + position, config.holdout_fraction) for position in kept]
+    splits = {"train": [o for o, h in zip(doc_offsets, held_out) if not h]}
+    if config.holdout_fraction > 0:
+        splits["heldout"] = [o for o, h in zip(doc_offsets, held_out) if h]
     record = {
         "unit": unit_index,
-        "inputs": {
-            "documents": len(doc_offsets),
-            "sentences": int(sum(len(o) - 1 for o in doc_offsets)),
-            "tokens": int(len(tokens)),
-        },
         "skips": {k: v for k, v in sorted(skips.items()) if v},
         "text_formats": text_formats,  # how the plain-text files first read in this unit were read
-        "shards": {},
-        "dropped_chunks": {},
     }
-    for seq_len in config.seq_lens:
-        spans = []
-        dropped = 0
-        for dupe in range(config.dupe_factor):
-            rng = np.random.default_rng([config.seed, seq_len, dupe, unit_index])
-            for offsets in doc_offsets:
-                doc_spans, doc_dropped = pair_document(offsets, seq_len, config.short_seq_prob, rng)
-                spans.extend(doc_spans)
-                dropped += doc_dropped
-        ids, offsets, a_lengths, labels = assemble(tokens, spans, special["[CLS]"], special["[SEP]"])
-        table = build_table(ids, offsets, a_lengths, labels, _worker["vocab_size"])
-        folder = seq_folder(_worker["out_dir"], seq_len)
-        record["shards"][str(seq_len)] = write_shard(os.path.join(folder, SHARD_PATTERN.format(unit_index)), table)
-        record["dropped_chunks"][str(seq_len)] = dropped
+    for split, offsets in splits.items():
+        # train: the record's own keys, as without a held-out split; heldout: the same keys under "heldout"
+        part = record if split == "train" else record.setdefault("heldout", {})
+        part.update(inputs=_inputs(offsets), shards={}, dropped_chunks={})
+        for seq_len in config.seq_lens:
+            part["shards"][str(seq_len)], part["dropped_chunks"][str(seq_len)] = _write_split(
+                unit_index, tokens, offsets, seq_len, split, special)
     data = json.dumps(record, sort_keys=True).encode("utf-8")
     for seq_len in config.seq_lens:  # the unit counts as done once its record is in every folder
         progress = os.path.join(seq_folder(_worker["out_dir"], seq_len), PROGRESS_DIR)
         atomic_write_bytes(os.path.join(progress, f"unit-{unit_index:06d}.json"), data)
     return json.loads(data)  # the same form a resumed run reads back, so manifests match byte for byte
+
+
+def _inputs(doc_offsets: list[np.ndarray]) -> dict:
+    return {
+        "documents": len(doc_offsets),
+        "sentences": int(sum(len(o) - 1 for o in doc_offsets)),
+        "tokens": int(sum(int(o[-1] - o[0]) for o in doc_offsets)),
+    }
+
+
+def _write_split(unit_index: int, tokens: np.ndarray, doc_offsets: list[np.ndarray], seq_len: int, split: str,
+                 special: dict) -> tuple[dict, int]:
+    """Pairs the documents for every dupe pass and writes the unit's shard of one length and split."""
+    config: PrepConfig = _worker["config"]
+    spans = []
+    dropped = 0
+    for dupe in range(config.dupe_factor):
+        # the training split keeps the seeds it had before held-out splits existed
+        rng = np.random.default_rng([config.seed, seq_len, dupe, unit_index] + ([1] if split != "train" else []))
+        for offsets in doc_offsets:
+            doc_spans, doc_dropped = pair_document(offsets, seq_len, config.short_seq_prob, rng)
+            spans.extend(doc_spans)
+            dropped += doc_dropped
+    ids, offsets, a_lengths, labels = assemble(tokens, spans, special["[CLS]"], special["[SEP]"])
+    table = build_table(ids, offsets, a_lengths, labels, _worker["vocab_size"])
+    folder = seq_folder(_worker["out_dir"], seq_len, split)
+    return write_shard(os.path.join(folder, SHARD_PATTERN.format(unit_index)), table), dropped

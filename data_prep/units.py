@@ -4,6 +4,7 @@ and `--part i/N` takes the units u with u mod N = i."""
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from typing import Iterator
 
@@ -36,3 +37,13 @@ def work_units(reader: DocumentReader, unit_bytes: int) -> Iterator[tuple[int, l
 
 def _delta(reader: DocumentReader, before: Counter) -> dict:
     return {k: v - before.get(k, 0) for k, v in reader.skips.counts.items() if v - before.get(k, 0)}
+
+
+def is_held_out(seed: int, document_index: int, fraction: float) -> bool:
+    """Whether the document at `document_index` (its position in the input, counted over all units) is held
+    out: a hash of (seed, index) below `fraction`. It depends on nothing else, so the split is the same
+    whatever the number of worker processes or parts."""
+    if fraction <= 0.0:
+        return False
+    digest = hashlib.blake2b(f"{seed}:{document_index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") < fraction * 2**64

@@ -23,13 +23,25 @@ MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
 
 
+def split_records(unit_records: list[dict], split: str) -> list[dict]:
+    """The records of one split, in the form `build_manifest` reads. A unit's record holds its training split in
+    its own keys and, with `--holdout-fraction`, its held-out split's `inputs`, `shards` and `dropped_chunks`
+    under "heldout"; reading problems (`skips`) are the input's, counted in the training split's manifest."""
+    if split == "train":
+        return unit_records
+    return [{"unit": r["unit"], "skips": {}, "text_formats": r.get("text_formats", {}), **r["heldout"]}
+            for r in unit_records]
+
+
 def build_manifest(
     seq_len: int,
     config: dict,
     tokenizer_info: dict,
     unit_records: list[dict],
     part: tuple[int, int],
+    split: str = "train",
 ) -> dict:
+    """The manifest of one shard set; `unit_records` as `split_records` gives them for `split`."""
     shards = [record["shards"][str(seq_len)] for record in unit_records]
     skips: Counter = Counter()
     inputs: Counter = Counter()
@@ -42,6 +54,7 @@ def build_manifest(
     return {
         "format_version": FORMAT_VERSION,
         "seq_len": seq_len,
+        "split": split,  # "heldout": documents set aside by --holdout-fraction, for evaluation only
         "seed": config["seed"],
         "part": {"index": part[0], "count": part[1]},
         "config": config,

@@ -32,6 +32,10 @@ class PhaseConfig:
     name: str = "phase1"
     shards: str = ""
     """A `seqN/` folder made by `python -m data_prep shards`; its length is the phase's sequence length."""
+    eval_shards: str = ""
+    """A shard set to evaluate on, e.g. the `seqN-heldout/` folder that `data_prep shards --holdout-fraction`
+    writes (documents that never enter training). Empty: the last `logging.eval_samples` examples of `shards`
+    are held out of training instead."""
     steps: int = 56_000
     """Optimizer steps of this phase (the paper: 56,000 at 128, then 6,000 at 512)."""
     global_batch: int = 8192
@@ -158,7 +162,8 @@ class LoggingConfig:
     eval_every_steps: int = 500
     """Evaluate on the held-out samples every N steps (0 = never)."""
     eval_samples: int = 2048
-    """Held out: the last `eval_samples` examples (at most 10%) of each shard set never enter training."""
+    """Examples evaluated: the first `eval_samples` of a phase's `eval_shards`; without those, the last
+    `eval_samples` examples (at most 10%) of the phase's shard set, which then never enter training."""
     peak_flops_per_device: float = 0.0
     """The accelerator's peak FLOP/s at the run's precision (e.g. 989e12 for an H100 in dense bf16); when set,
     MFU = achieved model FLOP/s / (peak x ranks) is logged as progress/mfu."""

@@ -158,16 +158,23 @@ class Batcher:
     """Builds the micro-batch of a run of global sample indices: gather, pad, mask, collate."""
 
     def __init__(self, shards: ShardSet, seed: int, masking: MaskingConfig, held_out: int = 0,
-                 document_order: bool = False) -> None:
-        """`document_order`: MLM only; a pair stored swapped for SOP is put back in the order of its text."""
+                 document_order: bool = False, eval_shards: ShardSet | None = None, eval_count: int = 0) -> None:
+        """Evaluation reads the first `eval_count` examples of `eval_shards` (a held-out split made by data_prep)
+        or, without those, the last `held_out` examples of `shards`, which training then never sees.
+        `document_order`: MLM only; a pair stored swapped for SOP is put back in the order of its text."""
         if not 0 <= held_out < len(shards):
             raise DataError(f"{shards.folder}: cannot hold out {held_out} of {len(shards)} examples for evaluation")
+        if eval_shards is not None and held_out:
+            raise ValueError("evaluate either on eval_shards or on held-out examples of the training shards")
         self.shards = shards
         self.document_order = document_order
         self.seed = seed
         self.masking = masking
         self.num_train = len(shards) - held_out  # the last `held_out` examples are for evaluation only
-        self.held_out = held_out
+        if eval_shards is None:
+            self.eval_set, self.eval_start, self.eval_count = shards, self.num_train, held_out
+        else:
+            self.eval_set, self.eval_start, self.eval_count = eval_shards, 0, min(eval_count, len(eval_shards))
         self.order = SampleOrder(self.num_train, seed)
         special = np.array(sorted(set(shards.special_ids.values())), dtype=np.int64)
         self.special = special
@@ -177,15 +184,16 @@ class Batcher:
         self.continuation = continuation_pieces(shards) if masking.whole_word else None
 
     def __call__(self, global_samples: np.ndarray, evaluation: bool = False) -> dict[str, torch.Tensor]:
-        """Training: global sample indices through the epoch order. Evaluation: held-out example k for
-        k in `global_samples` (taken modulo the held-out count), with fixed masks."""
+        """Training: global sample indices through the epoch order. Evaluation: evaluation example k for
+        k in `global_samples` (taken modulo their count), with fixed masks."""
         global_samples = np.asarray(global_samples, dtype=np.int64)
         if evaluation:
-            offsets = global_samples % max(self.held_out, 1)
-            epochs, indices = np.full_like(offsets, -1), self.num_train + offsets
+            offsets = global_samples % max(self.eval_count, 1)
+            epochs, indices = np.full_like(offsets, -1), self.eval_start + offsets
         else:
             epochs, indices = self.order.examples(global_samples)
-        rows = [self.shards.example(int(i)) for i in indices]
+        source = self.eval_set if evaluation else self.shards
+        rows = [source.example(int(i)) for i in indices]
         if self.document_order:
             rows = [in_document_order(*row) for row in rows]
         lengths = np.fromiter((len(r[0]) for r in rows), dtype=np.int64, count=len(rows))

@@ -133,15 +133,33 @@ def open_phase_data(config: RunConfig, model_config: ModelConfig) -> list[Batche
         if shards.seq_len > model_config.max_position_embeddings:
             raise RunConfigError(f"phases.{index}.shards: length {shards.seq_len} exceeds the model's "
                                  f"max_position_embeddings {model_config.max_position_embeddings}")
-        held_out = min(config.logging.eval_samples, len(shards) // 10) if config.logging.eval_every_steps else 0
+        evaluating = bool(config.logging.eval_every_steps)
+        eval_shards = open_eval_shards(phase, shards, f"phases.{index}") if evaluating and phase.eval_shards else None
+        held_out = min(config.logging.eval_samples, len(shards) // 10) if evaluating and not eval_shards else 0
         # MLM only: the pairs in document order, so a swapped one is put back
         masking = MaskingConfig(mask_probability=config.masking.probability, max_predictions=phase.max_predictions,
                                 mask_token_fraction=config.masking.replace_with_mask,
                                 random_token_fraction=config.masking.replace_with_random,
                                 whole_word=config.masking.whole_word)
         batchers.append(Batcher(shards, config.seed + index, masking, held_out=held_out,
-                                document_order=config.objective == "mlm"))
+                                document_order=config.objective == "mlm", eval_shards=eval_shards,
+                                eval_count=config.logging.eval_samples))
     return batchers
+
+
+def open_eval_shards(phase, shards: ShardSet, where: str) -> ShardSet:
+    """A phase's `eval_shards`, checked to be tokenized as its training shards are."""
+    try:
+        eval_shards = ShardSet(phase.eval_shards)
+    except UserError as error:
+        raise type(error)(f"{where}.eval_shards: {error}") from None
+    if eval_shards.manifest["tokenizer"] != shards.manifest["tokenizer"]:
+        raise RunConfigError(f"{where}.eval_shards: {phase.eval_shards} was made with another vocabulary than "
+                             f"{phase.shards}; use the held-out split made with the training shards")
+    if eval_shards.fingerprint == shards.fingerprint:
+        raise RunConfigError(f"{where}.eval_shards: the training shards themselves; name the held-out split "
+                             "(data_prep shards --holdout-fraction) or leave it empty")
+    return eval_shards
 
 
 def step_losses(output, batch_size: int, global_masked: torch.Tensor, global_batch: int,
@@ -398,14 +416,14 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, batcher: Batcher, phase) -> None:
-        if not batcher.held_out:
+        if not batcher.eval_count:
             return
         self.engine.eval()
         sums = torch.zeros(2, dtype=torch.float64, device=self.device)  # MLM and SOP cross-entropy sums
         counts = [0, 0]  # masked tokens, sequences: shapes, known to the host
-        share = range(self.rank * phase.micro_batch, batcher.held_out, self.world_size * phase.micro_batch)
+        share = range(self.rank * phase.micro_batch, batcher.eval_count, self.world_size * phase.micro_batch)
         for start in share:
-            batch = batcher(torch.arange(start, min(start + phase.micro_batch, batcher.held_out)).numpy(),
+            batch = batcher(torch.arange(start, min(start + phase.micro_batch, batcher.eval_count)).numpy(),
                             evaluation=True)
             counts[0] += batch["mlm_positions"].numel()
             counts[1] += len(batch["sop_labels"])

@@ -46,6 +46,15 @@ def shard_root(tmp_path_factory, small_corpus, vocab_dir):
     return str(out)
 
 
+@pytest.fixture(scope="session")
+def heldout_shard_root(tmp_path_factory, small_corpus, vocab_dir):
+    """The small corpus with 20% of its documents held out: seq128/, seq512/ and their seqN-heldout/ twins."""
+    out = tmp_path_factory.mktemp("heldout_shards")
+    run_cli("shards", "--source", small_corpus, "--vocab", vocab_dir, "--out", out, "--num-proc", "1",
+            "--shard-text-mb", "0.2", "--holdout-fraction", "0.2", "--quiet")
+    return str(out)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def remove_deepspeed_shared_memory():
     """DeepSpeed's CPU all-reduce (ops/csrc/cpu/comm/shm.cpp) leaves a 66 MB buffer per rank in /dev/shm and

@@ -105,6 +105,49 @@ def test_parts_together_are_the_single_run(reference, small_corpus, vocab_dir, t
                            "--out", tmp_path / "m3", check=False), "given twice")
 
 
+def token_ngrams(folder, n=12):
+    """Every run of n wordpieces (special tokens left out) in the examples of a shard set."""
+    import datasets
+
+    manifest = json.load(open(os.path.join(folder, "manifest.json")))
+    special = set(manifest["tokenizer"]["special_token_ids"].values())
+    grams = set()
+    for shard in manifest["shards"]:
+        for ids in datasets.Dataset.from_file(os.path.join(folder, shard["file"]))["input_ids"]:
+            ids = [i for i in ids if i not in special]
+            grams.update(tuple(ids[k : k + n]) for k in range(len(ids) - n + 1))
+    return grams
+
+
+def test_held_out_split_is_by_document_and_deterministic(heldout_shard_root, reference, small_corpus, vocab_dir,
+                                                          tmp_path):
+    """--holdout-fraction: whole documents go to seqN-heldout/ (no run of 12 wordpieces in both splits, and the
+    documents and tokens of the two splits add up to the input's); the same bytes for 1 or 2 processes and
+    for two parts merged; without it, no held-out folder."""
+    options = ["--source", small_corpus, "--vocab", vocab_dir, "--shard-text-mb", "0.2", "--holdout-fraction", "0.2"]
+    run_cli("shards", *options, "--out", tmp_path / "two", "--num-proc", "2", "--quiet")
+    assert_same_shards(heldout_shard_root, str(tmp_path / "two"))
+    for part in range(2):
+        run_cli("shards", *options, "--out", tmp_path / f"part{part}", "--part", f"{part}/2", "--num-proc", "1",
+                "--quiet")
+    run_cli("merge", "--parts", tmp_path / "part1", tmp_path / "part0", "--out", tmp_path / "merged")
+    assert_same_shards(heldout_shard_root, str(tmp_path / "merged"))
+    assert run_cli("verify", heldout_shard_root).stdout.count(": ok") == 4
+    assert not any("heldout" in name for name in os.listdir(reference))
+    whole = json.load(open(os.path.join(reference, "seq128", "manifest.json")))["inputs"]
+    for seq_len in (128, 512):
+        train_folder = os.path.join(heldout_shard_root, f"seq{seq_len}")
+        held_folder = os.path.join(heldout_shard_root, f"seq{seq_len}-heldout")
+        train, held = (json.load(open(os.path.join(f, "manifest.json"))) for f in (train_folder, held_folder))
+        assert (train["split"], held["split"]) == ("train", "heldout") and held["totals"]["examples"] > 0
+        assert 0 < held["inputs"]["documents"] < whole["documents"] / 2
+        for key in ("documents", "sentences", "tokens"):
+            assert train["inputs"][key] + held["inputs"][key] == whole[key], key
+        assert not token_ngrams(train_folder) & token_ngrams(held_folder)
+    inspect = run_cli("inspect", os.path.join(heldout_shard_root, "seq128-heldout"), "-n", "1").stdout
+    assert "SOP balance" in inspect
+
+
 def test_merge_refuses_parts_made_with_another_seed_or_vocabulary(small_corpus, vocab_dir, tmp_path):
     """Parts must agree on everything that changes the bytes: one made with another seed or vocabulary would
     make a shard set no single run could make."""
