@@ -134,7 +134,7 @@ def open_phase_data(config: RunConfig, model_config: ModelConfig) -> list[Batche
             raise RunConfigError(f"phases.{index}.shards: length {shards.seq_len} exceeds the model's "
                                  f"max_position_embeddings {model_config.max_position_embeddings}")
         evaluating = bool(config.logging.eval_every_steps)
-        eval_shards = open_eval_shards(phase, shards, f"phases.{index}") if evaluating and phase.eval_shards else None
+        eval_shards = open_eval_shards(phase, shards, f"phases.{index}") if phase.eval_shards else None
         held_out = min(config.logging.eval_samples, len(shards) // 10) if evaluating and not eval_shards else 0
         # MLM only: the pairs in document order, so a swapped one is put back
         masking = MaskingConfig(mask_probability=config.masking.probability, max_predictions=phase.max_predictions,

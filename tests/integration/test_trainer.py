@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -120,25 +121,28 @@ def test_crash_while_saving_leaves_the_previous_checkpoint_in_use(reference, sha
     assert all(torch.equal(expected[key], got[key]) for key in expected)
 
 
-def test_two_ranks_under_the_deepspeed_launcher_match_one_process(shard_root, tmp_path):
-    """With dropout on: a micro-batch's dropout depends on its place in the global batch, not on the rank."""
-    single, double = tmp_path / "single", tmp_path / "double"
-    single.mkdir()
-    double.mkdir()
-    run(train_command(shard_root), single)
-    launcher = with_port(LAUNCHERS["deepspeed"])
-    run(train_command(shard_root, launcher=launcher), double)
-    one, two = final_parameters(str(single)), final_parameters(str(double))
+def assert_two_ranks_match(single, double):
+    one, two = final_parameters(single), final_parameters(double)
     assert max((one[k].float() - two[k].float()).abs().max().item() for k in one) < 1e-5
-    losses_one, losses_two = scalars(str(single), "train/loss"), scalars(str(double), "train/loss")
+    losses_one, losses_two = scalars(single, "train/loss"), scalars(double, "train/loss")
     assert all(abs(losses_one[s][0] - losses_two[s][0]) < 1e-4 for s in losses_one)
     # LAMB's trust ratio would hide a uniform error in the gradients' scale: compare every step's norm too
-    norms_one, norms_two = scalars(str(single), "train/grad_norm"), scalars(str(double), "train/grad_norm")
+    norms_one, norms_two = scalars(single, "train/grad_norm"), scalars(double, "train/grad_norm")
     assert sorted(norms_one) == sorted(norms_two) == list(range(1, 13))
     assert all(abs(norms_one[s][0] - norms_two[s][0]) <= 1e-4 * norms_one[s][0] for s in norms_one)
-    assert scalars(str(double), "progress/accumulation")[1] == [2.0]  # 16 / (4 x 2 ranks)
-    state = double / "checkpoints" / "step-00000012" / "state"
-    assert sorted(p.name for p in state.glob("rng-rank*.pt")) == ["rng-rank00000.pt", "rng-rank00001.pt"]
+    evaluations_one, evaluations_two = scalars(single, "eval/mlm_loss"), scalars(double, "eval/mlm_loss")
+    assert sorted(evaluations_one) == sorted(evaluations_two) == [4, 8, 12]
+    assert all(abs(evaluations_one[s][0] - evaluations_two[s][0]) < 1e-4 for s in evaluations_one)
+    assert scalars(double, "progress/accumulation")[1] == [2.0]  # 16 / (4 x 2 ranks)
+    state = os.path.join(double, "checkpoints", "step-00000012", "state")
+    assert sorted(os.listdir(state)) == sorted(os.listdir(os.path.join(single, "checkpoints", "step-00000012",
+                                                                       "state")) + ["rng-rank00001.pt"])
+
+
+def test_two_ranks_under_the_deepspeed_launcher_match_one_process(reference, shard_root, tmp_path):
+    """With dropout on: a micro-batch's dropout depends on its place in the global batch, not on the rank."""
+    run(train_command(shard_root, launcher=with_port(LAUNCHERS["deepspeed"])), tmp_path)
+    assert_two_ranks_match(reference, str(tmp_path))
 
 
 def test_every_checkpoint_stores_the_resolved_config(reference, shard_root):
@@ -179,8 +183,11 @@ def test_schedule_read_back_from_tensorboard(reference):
     ("optimizer.zero_stage=1", "LAMB needs ZeRO stage 0"),
     ("model_overrides.vocab_size=1000", "use shards made with the model's vocabulary"),
     ("phases.0.learning_rate=1", "unknown keys ['learning_rate']"),
+    ('phases.0.eval_shards="{root}/seq128"', "phases.0.eval_shards: the training shards themselves"),
+    ('phases.1.eval_shards="{root}/seq128-heldout"', "phases.1.eval_shards: {root}/seq128-heldout: no manifest.json"),
 ])
 def test_bad_configs_fail_before_compute_with_one_line(shard_root, tmp_path, override, fragment):
+    override, fragment = (text.replace("{root}", shard_root) for text in (override, fragment))
     result = subprocess.run(train_command(shard_root, override), cwd=tmp_path, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
@@ -304,20 +311,34 @@ def test_no_usable_checkpoint_is_one_line(reference, shard_root, tmp_path):
     assert last.startswith("pretrain: error: checkpoints: no usable checkpoint"), last
 
 
-def test_mlm_only_trains_without_sop_and_resumes_exactly(shard_root, tmp_path):
+MLM_ONLY = ('objective="mlm"', "masking.whole_word=true", "masking.probability=0.3")
+
+
+def mlm_only_command(heldout_shard_root, *overrides, launcher=(sys.executable, "-m")):
+    """MLM only, whole words at 30%, evaluated on the held-out documents of `data_prep --holdout-fraction`."""
+    evaluation = [f'phases.{index}.eval_shards="{os.path.join(heldout_shard_root, name)}"'
+                  for index, name in enumerate(("seq128-heldout", "seq512-heldout"))]
+    return train_command(heldout_shard_root, *MLM_ONLY, *evaluation, *overrides, launcher=launcher)
+
+
+@pytest.fixture(scope="module")
+def mlm_only_reference(heldout_shard_root, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("mlm_only_run")
+    run(mlm_only_command(heldout_shard_root), workdir)
+    return str(workdir)
+
+
+def test_mlm_only_trains_without_sop_and_resumes_exactly(mlm_only_reference, heldout_shard_root, tmp_path):
     """objective = "mlm" with whole-word masking at 30%: no SOP parameter in the checkpoint or the export, no
     SOP scalar in TensorBoard, and a run stopped after 5 steps resumes to the same bits."""
-    options = ('objective="mlm"', "masking.whole_word=true", "masking.probability=0.3")
-    whole, parts = tmp_path / "whole", tmp_path / "parts"
-    whole.mkdir(), parts.mkdir()
-    run(train_command(shard_root, *options), whole)
-    stopped = subprocess.run(train_command(shard_root, *options, "max_steps_this_run=5"), cwd=parts,
+    whole = mlm_only_reference
+    stopped = subprocess.run(mlm_only_command(heldout_shard_root, "max_steps_this_run=5"), cwd=tmp_path,
                              capture_output=True, text=True, timeout=300)
     assert stopped.returncode == 75, stopped.stderr[-3000:]
-    resumed = run(train_command(shard_root, *options), parts)
+    resumed = run(mlm_only_command(heldout_shard_root), tmp_path)
     assert "resumed from checkpoints/step-00000005" in resumed.stderr
     assert re.search(r"saved checkpoints/step-00000012 in \d+\.\d s", resumed.stderr)  # each save logs its time
-    expected, got = final_parameters(str(whole)), final_parameters(str(parts))
+    expected, got = final_parameters(whole), final_parameters(str(tmp_path))
     assert not any("sop" in key for key in expected) and set(expected) == set(got)
     assert all(torch.equal(expected[key], got[key]) for key in expected)
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -333,4 +354,40 @@ def test_mlm_only_trains_without_sop_and_resumes_exactly(shard_root, tmp_path):
     assert export.returncode == 0, export.stderr[-3000:]
     from transformers import SqueezeBertForMaskedLM
 
-    SqueezeBertForMaskedLM.from_pretrained(str(whole / "export"))  # the headless export loads as before
+    SqueezeBertForMaskedLM.from_pretrained(os.path.join(whole, "export"))  # the headless export loads as before
+
+
+def test_mlm_only_two_ranks_match_one_process(mlm_only_reference, heldout_shard_root, tmp_path):
+    run(mlm_only_command(heldout_shard_root, launcher=with_port(LAUNCHERS["deepspeed"])), tmp_path)
+    assert_two_ranks_match(mlm_only_reference, str(tmp_path))
+
+
+def test_the_trainer_evaluates_on_the_held_out_split(mlm_only_reference, heldout_shard_root):
+    """eval/mlm_loss at the last step is the final model's loss on the first `eval_samples` examples of the
+    phase's eval_shards (seq512-heldout), recomputed here; and training used the whole training set."""
+    import torch.nn.functional as F
+
+    from pretrain.data import Batcher, MaskingConfig, ShardSet
+    from pretrain.model import ModelConfig
+    from pretrain.pretraining_model import SqueezeBertForPretraining
+
+    command = mlm_only_command(heldout_shard_root)
+    config = load_config(CONFIG, command[command.index("--set") + 1::2])
+    phase = config.phases[1]
+    model = SqueezeBertForPretraining(ModelConfig.preset(config.model), sop=False)
+    model.load_state_dict(final_parameters(mlm_only_reference))
+    model.eval()
+    masking = MaskingConfig(mask_probability=0.3, max_predictions=phase.max_predictions, whole_word=True)
+    batcher = Batcher(ShardSet(phase.shards), config.seed + 1, masking, document_order=True,
+                      eval_shards=ShardSet(phase.eval_shards), eval_count=config.logging.eval_samples)
+    assert batcher.num_train == len(batcher.shards) and batcher.eval_set.folder.endswith("seq512-heldout")
+    assert 0 < batcher.eval_count <= config.logging.eval_samples
+    total, masked = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, batcher.eval_count, phase.micro_batch):
+            batch = batcher(np.arange(start, min(start + phase.micro_batch, batcher.eval_count)), evaluation=True)
+            output = model(**batch)
+            total += F.cross_entropy(output.mlm_logits.float(), output.mlm_targets, reduction="sum").item()
+            masked += batch["mlm_positions"].numel()
+    logged = scalars(mlm_only_reference, "eval/mlm_loss")[12][0]
+    assert logged == pytest.approx(total / masked, rel=1e-5)
