@@ -123,4 +123,6 @@ def test_the_shipped_configs_load_and_state_the_papers_recipe():
     assert [(p.steps, p.global_batch, p.peak_lr, p.warmup_fraction) for p in paper.phases] == [
         (56000, 8192, 2.5e-3, 0.28), (6000, 8192, 2.5e-3, 0.28)]
     assert paper.objective == "mlm+sop" and paper.masking.probability == 0.15 and not paper.masking.whole_word
+    # evaluated on the held-out documents (the paper held out 3%), not on the training shards
+    assert [p.eval_shards for p in paper.phases] == [p.shards + "-heldout" for p in paper.phases]
     load_config(os.path.join(ROOT, "configs", "tiny.toml"))
