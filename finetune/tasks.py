@@ -29,7 +29,8 @@ class Task:
     """Class names in the hub's id order; empty for the regression task (STS-B)."""
     metric_names: tuple[str, ...]
     main_metric: str
-    """What picks the best checkpoint: the GLUE score of the task (the mean where GLUE averages two)."""
+    """What picks the best checkpoint: the GLUE score of the task (the mean where GLUE averages two; for MNLI,
+    of the matched dev set)."""
     dev_splits: tuple[str, ...] = ("validation",)
     test_splits: tuple[str, ...] = ("test",)
     server_files: tuple[str, ...] = ()
@@ -58,7 +59,7 @@ TASKS: dict[str, Task] = {task.name: task for task in [
     Task("qqp", "QQP", ("question1", "question2"), ("not_duplicate", "duplicate"), ("f1", "accuracy"),
          "f1_accuracy_mean", server_files=("QQP.tsv",)),
     Task("mnli", "MNLI", ("premise", "hypothesis"), ("entailment", "neutral", "contradiction"),
-         ("accuracy",), "accuracy_matched", dev_splits=("validation_matched", "validation_mismatched"),
+         ("accuracy",), "accuracy", dev_splits=("validation_matched", "validation_mismatched"),
          test_splits=("test_matched", "test_mismatched", "ax"), server_files=("MNLI-m.tsv", "MNLI-mm.tsv", "AX.tsv"),
          server_label_names=True),
     Task("qnli", "QNLI", ("question", "sentence"), ("entailment", "not_entailment"), ("accuracy",), "accuracy",
