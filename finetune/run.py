@@ -164,8 +164,9 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def run_glue(config: FinetuneConfig) -> dict:
-    """Finetunes (or finds finished) one task; returns results.json's content."""
+def run_glue(config: FinetuneConfig, callbacks: tuple = ()) -> dict:
+    """Finetunes (or finds finished) one task; returns results.json's content. `callbacks`: more
+    `TrainerCallback`s (a caller's own hooks)."""
     import torch
     from transformers import PrinterCallback, TrainingArguments
     from transformers.integrations import TensorBoardCallback
@@ -225,7 +226,7 @@ def run_glue(config: FinetuneConfig) -> dict:
         values = split_metrics(task, np.asarray(outputs), np.asarray(prediction.label_ids))
         return {**values, "main": main_metric(task, values)}
 
-    callbacks = [ConsoleProgress(f"{task.name}{' (distilled)' if config.teacher else ''}")]
+    callbacks = [ConsoleProgress(f"{task.name}{' (distilled)' if config.teacher else ''}"), *callbacks]
     if is_main_process():
         from torch.utils.tensorboard import SummaryWriter
 
