@@ -190,24 +190,25 @@ def test_bad_input_is_one_line_before_any_compute(student, vocab_dir, tmp_path, 
 
     assert "unknown task" in one_line_error(run_finetune("glue", "--task", "squad", "--model", student, "--out",
                                                          tmp_path / "a"))
-    cases = []
-    broken = tmp_path / "broken" / "RTE"
-    broken.mkdir(parents=True)
-    header = "index\tsentence1\tsentence2\tlabel\n"
-    (broken / "train.tsv").write_text(header + "0\ta\tb\tentailment\n")
-    cases.append((["--data", str(broken.parent)], "the validation split of rte is missing"))
-    (broken / "dev.tsv").write_text(header + "0\ta\tb\tperhaps\n")
-    cases.append((["--data", str(broken.parent)], "label 'perhaps' is outside the labels of rte"))
-    (broken / "dev.tsv").write_text("index\tsentence1\thypothesis\tlabel\n0\ta\tb\tentailment\n")
-    cases.append((["--data", str(broken.parent)], "no column ['sentence2']"))
-    wrong_teacher = bert_classifier(str(tmp_path / "three_labels"), vocab_dir, 3)
-    cases.append((["--data", GLUE, "--teacher", wrong_teacher], "it has 3 labels, rte has 2"))
-    cases.append((["--data", GLUE, "--batch-size", "16", "--micro-batch", "5"], "--batch-size 16 does not divide"))
-    cases.append((["--data", GLUE, "--alpha", "1.5"], "--alpha 1.5: must be within [0, 1]"))
-    for extra, message in cases:
+    def fails(extra, message):
         out = tmp_path / "out"
         code = main(["glue", "--task", "rte", "--model", student, "--out", str(out), *extra])
         err = capsys.readouterr().err
         assert code == 2 and message in err, (extra, err)
         assert [line for line in err.splitlines() if line.startswith("finetune: error:")]
         assert not out.exists()  # nothing was started
+
+    broken = tmp_path / "broken" / "RTE"
+    broken.mkdir(parents=True)
+    header = "index\tsentence1\tsentence2\tlabel\n"
+    (broken / "train.tsv").write_text(header + "0\ta\tb\tentailment\n")
+    fails(["--data", str(broken.parent)], "the validation split of rte is missing")
+    (broken / "dev.tsv").write_text(header + "0\ta\tb\tperhaps\n")
+    fails(["--data", str(broken.parent)], "label 'perhaps' is outside the labels of rte")
+    (broken / "dev.tsv").write_text("index\tsentence1\thypothesis\tlabel\n0\ta\tb\tentailment\n")
+    fails(["--data", str(broken.parent)], "no column ['sentence2']")
+    fails(["--data", GLUE, "--teacher", bert_classifier(str(tmp_path / "three"), vocab_dir, 3)],
+          "it has 3 labels, rte has 2")
+    fails(["--data", GLUE, "--batch-size", "16", "--micro-batch", "5"], "--batch-size 16 does not divide")
+    fails(["--data", GLUE, "--alpha", "1.5"], "--alpha 1.5: must be within [0, 1]")
+    fails(["--data", GLUE, "--teacher", str(tmp_path / "nowhere")], "no config.json")
