@@ -65,3 +65,7 @@ def test_a_wheel_install_runs_both_stages_with_no_checkout(tmp_path):
     assert (work / "export" / "config.json").is_file()
     demo_config = run("-c", "from pretrain.model import PRESETS; print((PRESETS / 'demo.toml').read_text())")
     assert "[[phases]]" in demo_config.stdout
+    # the finetuning task presets are read by name from the installed package
+    preset = run("-c", "from finetune.config import task_preset; import finetune; print(finetune.__file__); "
+                 "print(task_preset('rte'))")
+    assert preset.stdout.startswith(str(venv)) and "'epochs': 10" in preset.stdout, preset.stdout
