@@ -280,11 +280,11 @@ def open_backends(config: LoggingConfig, params: dict, resumed: dict, checkpoint
             except Exception as error:
                 raise BackendError(f"logging.backends: could not open the {name} run ({one_line(error, 300)})") \
                     from None
+        runs = {**recorded, **{backend.name: backend.run_id for backend in backends if backend.run_id}}
+        if runs != recorded:  # before the first step: a restart that finds no checkpoint continues these runs
+            atomic_write_bytes(os.path.join(checkpoint_dir, RUNS_FILE), json.dumps(runs, indent=1).encode())
     except BaseException:
         for backend in backends:
             backend.close("failed")
         raise
-    runs = {**recorded, **{backend.name: backend.run_id for backend in backends if backend.run_id}}
-    if runs != recorded:
-        atomic_write_bytes(os.path.join(checkpoint_dir, RUNS_FILE), json.dumps(runs, indent=1).encode())
     return backends
