@@ -167,12 +167,29 @@ class LoggingConfig:
     peak_flops_per_device: float = 0.0
     """The accelerator's peak FLOP/s at the run's precision (e.g. 989e12 for an H100 in dense bf16); when set,
     MFU = achieved model FLOP/s / (peak x ranks) is logged as progress/mfu."""
+    backends: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """Where the scalars go, any of tensorboard | wandb | mlflow (the last two are extras:
+    pip install 'squeezebert-pretrain[wandb]' / '[mlflow]'); see `pretrain.log_backends`."""
+    project: str = ""
+    """The W&B project and the MLflow experiment. Empty: WANDB_PROJECT / MLFLOW_EXPERIMENT_NAME, else
+    squeezebert-pretrain."""
+    run_name: str = ""
+    """The run's display name in W&B and MLflow. Empty: the name the backend makes up."""
+    mlflow_tracking_uri: str = ""
+    """A server (http://host:5000) or a local store (sqlite:///path/mlflow.db). Empty: MLFLOW_TRACKING_URI,
+    else MLflow's default (sqlite:///mlflow.db in the working folder)."""
 
     def validate(self) -> None:
         if self.every_steps < 1:
             raise RunConfigError(f"logging.every_steps = {self.every_steps}: must be at least 1")
         if self.eval_every_steps < 0 or self.eval_samples < 0 or self.peak_flops_per_device < 0:
             raise RunConfigError("logging.eval_every_steps, eval_samples and peak_flops_per_device must be >= 0")
+        unknown = [name for name in self.backends if name not in LOGGING_BACKENDS]
+        if unknown:
+            raise RunConfigError(f"logging.backends = {self.backends}: unknown {unknown}; choose from "
+                                 f"{list(LOGGING_BACKENDS)}")
+        if len(set(self.backends)) != len(self.backends):
+            raise RunConfigError(f"logging.backends = {self.backends}: a backend is named twice")
 
 
 @dataclass
@@ -240,6 +257,7 @@ def gradient_accumulation(phase: PhaseConfig, world_size: int, where: str = "pha
 
 
 OBJECTIVES = ("mlm+sop", "mlm")
+LOGGING_BACKENDS = ("tensorboard", "wandb", "mlflow")
 NESTED = {"optimizer": OptimizerConfig, "masking": MaskingSettings, "checkpoint": CheckpointConfig,
           "logging": LoggingConfig}
 TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table"}
@@ -247,7 +265,12 @@ TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true
 
 def _typed(value, expected: type, key: str):
     """The value as its field's type, or a one-line error naming the key. Checked by hand rather than with
-    pydantic: five scalar types and TOML's own parsing leave nothing for a schema library to add."""
+    pydantic: five scalar types, lists of them and TOML's own parsing leave nothing for a schema library to add."""
+    if typing.get_origin(expected) is list:
+        (item_type,) = typing.get_args(expected)
+        if isinstance(value, list):
+            return [_typed(item, item_type, f"{key}.{index}") for index, item in enumerate(value)]
+        raise RunConfigError(f"{key} = {value!r}: expected a list of {TYPE_NAMES[item_type].split(' ', 1)[1]}s")
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)  # TOML writes 1 for 1.0
     if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):

@@ -16,6 +16,7 @@ import socket
 import torch
 import torch.distributed as dist
 
+from formats.errors import UserError
 from formats.files import atomic_write_bytes
 
 
@@ -34,6 +35,24 @@ def setup_distributed(timeout_minutes: float = 10.0) -> tuple[int, int]:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
     return dist.get_rank(), dist.get_world_size()
+
+
+def on_rank0(action) -> None:
+    """Runs `action()` on rank 0 alone (a rank-0-only side effect: a check against a server, opening a run);
+    the `UserError` it raises is raised on every rank, so no peer waits in a collective for a rank that has
+    left. Collective."""
+    failure = None
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        try:
+            action()
+        except UserError as error:
+            failure = error
+    if dist.is_initialized():
+        verdict = [failure]
+        dist.broadcast_object_list(verdict, src=0)
+        failure = verdict[0]
+    if failure is not None:
+        raise failure
 
 
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)

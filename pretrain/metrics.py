@@ -1,4 +1,5 @@
-"""What a run reports: throughput, model FLOP/s and MFU, TensorBoard scalars and the console line.
+"""What a run reports: throughput, model FLOP/s and MFU, the scalars (to TensorBoard, W&B, MLflow: the
+`logging.backends`, see `pretrain.log_backends`) and the console line.
 
 Rank 0 writes; the other ranks hold a `Metrics` that writes nothing, so the loop reads the same on all.
 FLOPs come from each step's real sequence lengths and masked tokens (`pretrain.model.step_flops`), so
@@ -11,7 +12,11 @@ import datetime
 import sys
 import time
 
+from formats.errors import one_line
+
 from .config import LoggingConfig
+from .distributed import on_rank0
+from .log_backends import open_backends
 from .model import ModelConfig, step_flops
 
 # step values that are decisions for the loop, not scalars to log
@@ -24,11 +29,31 @@ class Metrics:
         self.model_config = model_config
         self.rank = rank
         self.world_size = world_size
-        self.writer = None
-        if rank == 0:
-            from torch.utils.tensorboard import SummaryWriter
+        self.backends = []  # rank 0's, from `open` on (once the checkpoint has said which runs to continue)
+        self.run_ids = {}  # the W&B / MLflow runs, kept in every checkpoint
+        self.missed = {}  # backend name -> writes it did not get after it failed
 
-            self.writer = SummaryWriter(config.dir)
+    def open(self, params: dict, resumed_run_ids: dict, checkpoint_dir: str) -> None:
+        """Opens the backends on rank 0 (`params`: the resolved config); one that cannot open is the same
+        one-line error on every rank. Collective."""
+        def open_on_rank0() -> None:
+            self.backends = open_backends(self.config, params, resumed_run_ids, checkpoint_dir, self.line)
+
+        on_rank0(open_on_rank0)
+        self.run_ids = {**resumed_run_ids, **{b.name: b.run_id for b in self.backends if b.run_id}}
+
+    def write(self, values: dict, step: int) -> None:
+        """`values` ({tag: value}) at `step` to every backend. One that fails is reported and left out."""
+        for name in self.missed:  # a backend that failed earlier misses this write too
+            self.missed[name] += 1
+        for backend in list(self.backends):
+            try:
+                backend.scalars(values, step)
+            except Exception as error:
+                self.line(f"{backend.name}: could not log step {step} ({one_line(error)}); leaving it out for the "
+                          "rest of this invocation (the next one logs to the same run again)")
+                self.backends.remove(backend)
+                self.missed[backend.name] = 1
 
     def line(self, text: str) -> None:
         if self.rank == 0:
@@ -45,7 +70,7 @@ class Metrics:
         reduced, phase = metrics["reduced"], self.phase
         self.phase_flops += step_flops(self.model_config, reduced["tokens"], reduced["squared_lengths"],
                                        phase.global_batch, reduced["masked"])
-        if not self.writer:
+        if self.rank != 0:
             return
         elapsed = time.monotonic() - self.start_time
         samples_per_s = (state.step_in_phase - self.start_step) * phase.global_batch / max(elapsed, 1e-9)
@@ -56,9 +81,11 @@ class Metrics:
                        step_in_phase=state.step_in_phase, accumulation=accumulation)
         if self.config.peak_flops_per_device:
             scalars["mfu"] = flops_per_s / (self.config.peak_flops_per_device * self.world_size)
+        tags = {}
         for key, value in scalars.items():
             trained = "loss" in key or "accuracy" in key or key in ("grad_norm", "skipped_steps")
-            self.writer.add_scalar(f"{'train' if trained else 'progress'}/{key}", value, state.global_step)
+            tags[f"{'train' if trained else 'progress'}/{key}"] = value
+        self.write(tags, state.global_step)
         if state.step_in_phase % self.config.every_steps == 0 or state.step_in_phase == phase.steps:
             done = state.step_in_phase - self.start_step
             eta = elapsed / max(done, 1) * (phase.steps - state.step_in_phase)
@@ -71,16 +98,23 @@ class Metrics:
                 + (f" loss_scale {scalars['loss_scale']:g}" if "loss_scale" in scalars else "")
                 + f" ETA {datetime.timedelta(seconds=round(eta))}"
             )
-            self.writer.flush()
+            for backend in self.backends:
+                backend.flush()
 
     def evaluation(self, global_step: int, mlm_loss: float, sop_loss: float | None) -> None:
         """`sop_loss` None: an MLM-only run, which logs no SOP scalar."""
-        if self.writer:
-            self.writer.add_scalar("eval/mlm_loss", mlm_loss, global_step)
-            if sop_loss is not None:
-                self.writer.add_scalar("eval/sop_loss", sop_loss, global_step)
+        values = {"eval/mlm_loss": mlm_loss}
+        if sop_loss is not None:
+            values["eval/sop_loss"] = sop_loss
+        self.write(values, global_step)
 
-    def close(self) -> None:
-        if self.writer:
-            self.writer.close()
-            self.writer = None
+    def close(self, outcome: str) -> None:
+        """`outcome`: complete | preempted | failed (W&B and MLflow record it as the run's state)."""
+        for name, count in self.missed.items():
+            self.line(f"{name}: {count} writes of this invocation did not reach it (see the error above)")
+        backends, self.backends = self.backends, []
+        for backend in backends:
+            try:
+                backend.close(outcome)
+            except Exception as error:  # the run's outcome stands; its log's last state is reported
+                self.line(f"{backend.name}: could not close the run ({one_line(error)})")

@@ -43,10 +43,12 @@ from .distributed import (
     device_vector,
     leave_signals_to_the_main_process,
     leave_together,
+    on_rank0,
     parameter_fingerprint,
     setup_distributed,
     write_status,
 )
+from .log_backends import check as check_log_backends
 from .metrics import Metrics
 from .model import ModelConfig
 from .optim import build_lamb, learning_rate, set_learning_rate
@@ -180,6 +182,8 @@ class Trainer:
         self.rank, self.world_size = setup_distributed(config.distributed_timeout_minutes)
         for index, phase in enumerate(config.phases):  # a bad batch split fails before any compute
             gradient_accumulation(phase, self.world_size, f"phases.{index}")
+        # W&B / MLflow: a missing package or a server that does not answer fails here, on every rank
+        on_rank0(lambda: check_log_backends(config.logging))
         torch.manual_seed(config.seed)
         self.model = build_model(config)
         self.batchers = open_phase_data(config, self.model.config)
@@ -202,6 +206,8 @@ class Trainer:
         self.checkpointer = Checkpointer(config.checkpoint, self.rank)
         self.preemption = Preemption()
         self.metrics = Metrics(config.logging, self.model.config, self.rank, self.world_size)
+        self.resumed_run_ids = {}  # the W&B / MLflow runs the checkpoint names
+        self.outcome = "failed"  # until fit returns
 
     # -- checkpoints -------------------------------------------------------------------------------
 
@@ -214,6 +220,7 @@ class Trainer:
             "shards": [b.shards.fingerprint for b in self.batchers],
             "world_size": self.world_size,
             "loss_scale": self.loss_scale.state_dict() if self.loss_scale else None,
+            "logging_runs": self.metrics.run_ids,  # a resumed run continues the same W&B / MLflow runs
         }
 
     def save(self) -> None:
@@ -239,6 +246,7 @@ class Trainer:
         self.state.load_state_dict(client["trainer"])
         if self.loss_scale and client.get("loss_scale"):
             self.loss_scale.load_state_dict(client["loss_scale"])
+        self.resumed_run_ids = client.get("logging_runs") or {}  # absent from checkpoints of earlier versions
         if client["shards"][: len(self.batchers)] != [b.shards.fingerprint for b in self.batchers]:
             raise RunConfigError(f"{path}: was trained on other shards than the config names; "
                                  "use the same shard sets or a new checkpoint.dir")
@@ -252,9 +260,20 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------------
 
     def fit(self) -> int:
+        try:
+            code = self.run_phases()
+        except BaseException:
+            self.metrics.close("failed")  # W&B and MLflow mark the run failed; the error goes on up
+            raise
+        self.outcome = "complete" if code == 0 else "preempted"
+        return code
+
+    def run_phases(self) -> int:
         self.metrics.line("resolved config " + json.dumps(self.config.to_dict()))
         self.metrics.line(f"precision {self.precision} on {self.device} (weights, gradients and LAMB state in fp32)")
         self.resume()
+        # opened once the checkpoint has named the runs to continue, before the first step
+        self.metrics.open(self.config.to_dict(), self.resumed_run_ids, self.config.checkpoint.dir)
         self.steps_this_run = 0
         while self.state.phase_index < len(self.config.phases):
             stopped_by = self.train_phase()  # None when the phase ran to its end
@@ -277,9 +296,9 @@ class Trainer:
         return 0
 
     def close(self) -> None:
-        """The orderly end of a run that returned (complete or preempted): the event file is closed, then
-        every rank leaves the process group together."""
-        self.metrics.close()
+        """The orderly end of a run that returned (complete or preempted): the logs are closed, then every
+        rank leaves the process group together."""
+        self.metrics.close(self.outcome)
         leave_together()
 
     def configure_phase(self, phase) -> int:

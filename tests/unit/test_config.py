@@ -98,6 +98,8 @@ def test_missing_or_broken_file(tmp_path):
     ("phases=5", "phases: expected a list of [[phases]] tables"),
     ("logging.eval_samples=[1]", "logging.eval_samples = [1]: expected an integer"),
     ("seed.x=1", "--set seed.x: seed is not a table"),
+    ('logging.backends="wandb"', "logging.backends = 'wandb': expected a list of strings"),
+    ("logging.backends=[1]", "logging.backends.0 = 1: expected a string"),
 ])
 def test_values_of_the_wrong_type_name_the_key(config_file, override, fragment):
     with pytest.raises(RunConfigError) as error:
@@ -110,6 +112,20 @@ def test_wrong_types_in_the_file_name_the_key(tmp_path):
     path.write_text(CONFIG.replace("seed = 7", 'seed = "x"'))
     with pytest.raises(RunConfigError, match="seed = 'x': expected an integer"):
         load_config(str(path))
+
+
+@pytest.mark.parametrize("backends, fragment", [
+    ('["tensorboard", "wandbb"]', "logging.backends = ['tensorboard', 'wandbb']: unknown ['wandbb']; choose from "
+                                  "['tensorboard', 'wandb', 'mlflow']"),
+    ('["mlflow", "mlflow"]', "a backend is named twice"),
+])
+def test_logging_backends_are_checked_by_name(config_file, backends, fragment):
+    assert load_config(config_file).logging.backends == ["tensorboard"]  # the default needs nothing extra
+    chosen = load_config(config_file, ['logging.backends=["tensorboard", "wandb", "mlflow"]'])
+    assert chosen.logging.backends == ["tensorboard", "wandb", "mlflow"]
+    with pytest.raises(RunConfigError) as error:
+        load_config(config_file, [f"logging.backends={backends}"])
+    assert fragment in str(error.value) and "\n" not in str(error.value)
 
 
 def test_integers_are_taken_for_numbers(config_file):
