@@ -31,3 +31,16 @@ class ConsoleProgress(TrainerCallback):
         figures = " ".join(f"{key} {value:.4g}" for key, value in sorted(shown.items()))
         print(f"finetune: {self.label} step {state.global_step}/{state.max_steps} epoch {state.epoch or 0:.2f} "
               f"{figures} ETA {datetime.timedelta(seconds=round(eta))}", file=sys.stderr, flush=True)
+
+
+class SavedOnEveryRank(TrainerCallback):
+    """After a checkpoint save, every rank waits for rank 0 to have written it: at the end of training the
+    Trainer loads the best checkpoint on every rank (`load_best_model_at_end`) with no barrier of its own, and
+    a rank that got there first found no weights, kept its last ones and evaluated another model than rank 0.
+    Saves are rare, so the barrier costs nothing per step."""
+
+    def on_save(self, args, state, control, **kwargs):
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()

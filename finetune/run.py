@@ -173,7 +173,7 @@ def run_glue(config: FinetuneConfig, callbacks: tuple = ()) -> dict:
 
     from .distill import DistillationTrainer, TeacherCollator, check_teacher, teacher_outputs
     from .predictions import write_predictions
-    from .progress import ConsoleProgress
+    from .progress import ConsoleProgress, SavedOnEveryRank
 
     quiet_libraries()
     task = get_task(config.task)
@@ -207,6 +207,10 @@ def run_glue(config: FinetuneConfig, callbacks: tuple = ()) -> dict:
         logging_strategy="steps", logging_steps=config.log_every_steps, logging_first_step=True,
         report_to="none", disable_tqdm=True, seed=config.seed, remove_unused_columns=False,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # without it, on a machine with no GPU, ranks started by torchrun each train alone on the whole data
+        # (accelerate starts the process group but the Trainer runs NOT_PARALLEL)
+        use_cpu=not torch.cuda.is_available(),
+        ddp_find_unused_parameters=False,  # every parameter is used: no extra pass over the graph per step
         **precision_flags(config.precision),
     )
 
@@ -226,7 +230,8 @@ def run_glue(config: FinetuneConfig, callbacks: tuple = ()) -> dict:
         values = split_metrics(task, np.asarray(outputs), np.asarray(prediction.label_ids))
         return {**values, "main": main_metric(task, values)}
 
-    callbacks = [ConsoleProgress(f"{task.name}{' (distilled)' if config.teacher else ''}"), *callbacks]
+    callbacks = [ConsoleProgress(f"{task.name}{' (distilled)' if config.teacher else ''}"), SavedOnEveryRank(),
+                 *callbacks]
     if is_main_process():
         from torch.utils.tensorboard import SummaryWriter
 

@@ -185,6 +185,22 @@ def test_the_chain_end_to_end(student, vocab_dir, tmp_path):
         assert any(name.endswith(".npy") for name in os.listdir(out / teacher / "teacher_cache"))
 
 
+def test_data_parallel_under_torchrun(student, tmp_path):
+    """Two ranks split each global batch: the steps are those of one process (40 RTE rows, batch 16, 2 epochs:
+    3 + 3), the best model is the same on both ranks (they wait for rank 0's save), and rank 0 alone speaks."""
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    result = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(20000 + os.getpid() % 20000),
+                             "-m", "finetune", "glue", "--task", "rte", "--model", student, "--data", GLUE,
+                             "--out", tmp_path / "run", "--epochs", "2", "--max-length", "48"],
+                            cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT},
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["steps"] == 6 and results["best_checkpoint_step"] in (3, 6)
+    assert result.stderr.count("finetune: rte: dev accuracy") == 1
+    assert "Could not locate the best model" not in result.stderr
+
+
 def one_line_error(result):
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
