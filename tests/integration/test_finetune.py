@@ -37,7 +37,7 @@ def student(vocab_dir, tmp_path_factory):
 
 
 def bert_classifier(folder, vocab_dir, num_labels, seed=1):
-    """A tiny BERT classifier whose tokenizer differs from the student's (cased, 3000 pieces of the vocab)."""
+    """A tiny BERT classifier whose tokenizer differs from the student's (the first 3000 pieces of its vocabulary)."""
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
     os.makedirs(folder, exist_ok=True)
