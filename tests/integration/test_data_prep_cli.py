@@ -237,6 +237,50 @@ def test_verify_names_a_corrupt_or_truncated_shard(reference, tmp_path):
     assert f"{miscounted['file']}: {miscounted['examples'] - 1} examples, manifest says" in result.stderr
 
 
+def test_verify_names_a_shard_of_the_wrong_schema(reference, tmp_path):
+    """A shard whose bytes match the manifest (rewritten, manifest updated) but whose token column is int32."""
+    import shutil
+
+    import pyarrow as pa
+
+    from formats.shards import open_shard, write_shard
+
+    copy = tmp_path / "copy"
+    shutil.copytree(os.path.join(reference, "seq128"), copy)
+    manifest = json.load(open(copy / "manifest.json"))
+    entry = manifest["shards"][0]
+    table = open_shard(str(copy / entry["file"]))
+    wrong = table.set_column(0, "input_ids", table.column("input_ids").cast(pa.list_(pa.int32())))
+    entry.update({k: v for k, v in write_shard(str(copy / entry["file"]), wrong).items() if k in ("bytes", "sha256")})
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    result = run_cli("verify", copy, check=False)
+    assert result.returncode == 1 and f"{entry['file']}: schema" in result.stderr, result.stderr
+
+
+def test_dupe_factor_and_the_sentence_cap(reference, small_corpus, vocab_dir, tmp_path):
+    """--dupe-factor 2: two pairings of every document (about twice the examples, the second pass not a copy of
+    the first); --max-sentence-tokens 16: longer sentences cut into pieces (more input sentences, same tokens)."""
+    import datasets
+
+    def examples(out):
+        folder = os.path.join(out, "seq128")
+        manifest = json.load(open(os.path.join(folder, "manifest.json")))
+        rows = [tuple(ids) for shard in manifest["shards"]
+                for ids in datasets.Dataset.from_file(os.path.join(folder, shard["file"]))["input_ids"]]
+        return manifest, rows
+
+    common = ["--source", small_corpus, "--vocab", vocab_dir, "--num-proc", "1", "--seq-len", "128", *SMALL_UNITS]
+    run_cli("shards", *common, "--out", tmp_path / "dupe", "--dupe-factor", "2")
+    run_cli("shards", *common, "--out", tmp_path / "cap", "--max-sentence-tokens", "16")
+    base, base_rows = examples(reference)
+    dupe, dupe_rows = examples(tmp_path / "dupe")
+    assert 1.8 < len(dupe_rows) / len(base_rows) < 2.2
+    assert len(set(dupe_rows)) > 1.5 * len(set(base_rows))  # the passes draw other pairings
+    cap, _ = examples(tmp_path / "cap")
+    assert cap["inputs"]["tokens"] == base["inputs"]["tokens"]
+    assert cap["inputs"]["sentences"] > 1.5 * base["inputs"]["sentences"]
+
+
 def one_line_error(result, *fragments):
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
