@@ -311,6 +311,24 @@ def test_no_usable_checkpoint_is_one_line(reference, shard_root, tmp_path):
     assert last.startswith("pretrain: error: checkpoints: no usable checkpoint"), last
 
 
+def test_time_based_saves_and_a_phase_that_resets_the_optimizer(reference, shard_root, tmp_path):
+    """checkpoint.every_minutes saves between the step-based saves (every_steps out of reach here: only the
+    clock and the phase ends save), and phases.1.reset_optimizer starts phase 2 with fresh LAMB moments: its
+    step count at the end is phase 2's 4 steps, not the run's 12."""
+    run(train_command(shard_root, "checkpoint.every_steps=1000", "checkpoint.every_minutes=0.0001",
+                      "phases.1.reset_optimizer=true"), tmp_path)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["latest", "step-00000011", "step-00000012"]
+
+    def lamb_steps(workdir):
+        path = os.path.join(workdir, "checkpoints", "step-00000012", "state", "mp_rank_00_model_states.pt")
+        return {float(s["step"]) for s in torch.load(path, map_location="cpu", weights_only=False)["optimizer"][
+            "state"].values()}
+
+    assert lamb_steps(str(tmp_path)) == {4.0} and lamb_steps(reference) == {12.0}
+    reset, kept = final_parameters(str(tmp_path)), final_parameters(reference)
+    assert not all(torch.equal(reset[key], kept[key]) for key in kept)
+
+
 MLM_ONLY = ('objective="mlm"', "masking.whole_word=true", "masking.probability=0.3")
 
 
