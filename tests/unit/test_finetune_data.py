@@ -15,7 +15,7 @@ from finetune.glue_files import DataError
 from finetune.metrics import main_metric, split_metrics
 from finetune.predictions import write_predictions
 from finetune.tasks import TASKS, TaskError, get_task
-from tests.conftest import ASSETS
+from tests.conftest import ASSETS, ROOT
 
 GLUE = os.path.join(ASSETS, "glue")
 # what the fixture files hold, read independently: (file, header?, text columns, label column)
@@ -166,3 +166,22 @@ def test_server_files_have_the_glue_format(tmp_path):
     assert (tmp_path / "r" / "RTE.tsv").read_text() == "index\tprediction\n0\tnot_entailment\n1\tentailment\n"
     write_predictions(get_task("cola"), {"test": ([0], np.array([[0.0, 1.0]]))}, str(tmp_path / "c"))
     assert (tmp_path / "c" / "CoLA.tsv").read_text() == "index\tprediction\n0\t1\n"
+
+
+def test_the_shipped_finetune_configs_load():
+    """configs/finetune/: the chain config resolves into its runs (MNLI, seven tasks from its headless model,
+    and the eight runs without a teacher) and the one-task config into the model card's settings."""
+    from finetune.__main__ import build_parser
+    from finetune.chain import load_chain_config, run_configs
+    from finetune.config import build_config, read_toml
+
+    folder = os.path.join(ROOT, "configs", "finetune")
+    chain = load_chain_config(build_parser().parse_args(["chain", "--config", os.path.join(folder,
+                                                                                           "chain-paper.toml")]))
+    runs = run_configs(chain)
+    assert [(regime, config.task) for regime, config in runs][:2] == [("with", "mnli"), ("with", "rte")]
+    assert len(runs) == 1 + 7 + 8 and all(config.alpha == 0.5 for _, config in runs)
+    assert runs[0][1].headless and runs[0][1].eval_every_steps == 2000 and runs[0][1].teacher == "teachers/mnli"
+    assert runs[1][1].model.endswith(os.path.join("mnli", "headless"))
+    rte = build_config(("", read_toml(os.path.join(folder, "glue-rte.toml"))))
+    assert (rte.task, rte.learning_rate, rte.batch_size, rte.max_length) == ("rte", 3e-5, 16, 128)
