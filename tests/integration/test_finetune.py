@@ -152,6 +152,31 @@ def test_a_killed_run_resumes_from_its_last_complete_checkpoint(student, tmp_pat
     assert again == results and "nothing to do" in capsys.readouterr().err
 
 
+def test_a_sigkilled_process_resumes_when_rerun(student, tmp_path):
+    """The real thing: `python -m finetune glue` killed with SIGKILL once its first checkpoint is written, then
+    the same command: it resumes from that checkpoint and completes; nothing final was there before."""
+    import signal
+    import time
+
+    command = [sys.executable, "-m", "finetune", "glue", "--task", "rte", "--model", student, "--data", GLUE,
+               "--out", str(tmp_path / "run"), "--batch-size", "8", "--max-steps", "40", "--eval-every-steps", "2",
+               "--max-length", "48", "--learning-rate", "1e-3"]
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = tmp_path / "run" / "checkpoints" / "checkpoint-2" / "trainer_state.json"
+    deadline = time.monotonic() + 120
+    while not first.exists():
+        assert process.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (tmp_path / "run" / "results.json").exists() and not (tmp_path / "run" / "model").exists()
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming from" in result.stderr, result.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["steps"] == 40
+
+
 def run_finetune(*args, **kwargs):
     return subprocess.run([sys.executable, "-m", "finetune", *map(str, args)], cwd=ROOT, capture_output=True,
                           text=True, env={**os.environ, "PYTHONPATH": ROOT}, **kwargs)
