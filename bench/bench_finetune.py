@@ -1,13 +1,23 @@
 """Finetuning and inference throughput of SqueezeBERT-base against BERT-base, side by side.
 
-    python bench/bench_finetune.py [--model DIR] [--bert DIR] [--steps 5] [--warmup 1] [--batch 16]
-        [--infer-batch 32] [--seq-len 128] [--latency-reps 10] [--threads 2] [--device cpu] [--bf16] [--json OUT]
+    python bench/bench_finetune.py [--model DIR] [--bert DIR] [--models squeezebert,bert,ours] [--steps 5]
+        [--warmup 1] [--batch 16] [--infer-batch 32] [--seq-len 128] [--latency-reps 10] [--threads 2]
+        [--device cpu] [--bf16] [--json OUT]
 
-Both models are transformers' sequence classifiers with 3 labels (MNLI-like): `SqueezeBertForSequenceClassification`
-(by default randomly initialized from the `squeezebert-base` preset, or `--model DIR`, an export of
-`python -m pretrain export` or any transformers SqueezeBERT folder) and `BertForSequenceClassification`
-(`BertConfig()` defaults, i.e. BERT-base, randomly initialized, or `--bert DIR`). Random weights run exactly as
-fast as trained ones: the throughput depends on the shapes only.
+Three sequence classifiers with 3 labels (MNLI-like), all run by default (`--models` picks some):
+- "SqueezeBERT": transformers' `SqueezeBertForSequenceClassification` (by default randomly initialized from the
+  `squeezebert-base` preset, or `--model DIR`, an export of `python -m pretrain export` or any transformers
+  SqueezeBERT folder);
+- "BERT": transformers' `BertForSequenceClassification` (`BertConfig()` defaults, i.e. BERT-base, randomly
+  initialized, or `--bert DIR`);
+- "SqueezeBERT (ours)": this project's encoder (`pretrain.model.SqueezeBertModel`: grouped pointwise layers as
+  batched GEMMs, channels last) with the same head as transformers' (dropout + linear on the pooled output,
+  cross-entropy): what finetuning on the project's encoder runs (`OursForSequenceClassification`). It holds
+  exactly transformers' SqueezeBERT's weights, classifier included: the encoder goes through the project's own
+  conversion (`pretrain.model_files.load_any` of `--model DIR`, or of transformers' random model saved to a
+  temporary folder). At startup, in eval mode, both give the same pooled output on one batch (checked, max
+  abs difference printed; more than 1e-4 is an error).
+Random weights run exactly as fast as trained ones: the throughput depends on the shapes only.
 
 Inputs: sentence pairs (consecutive sentences of a paragraph, premise/hypothesis-like) of the Wikipedia sample
 in tests/assets/enwiki_sample, tokenized as `[CLS] A [SEP] B [SEP]` with the model folder's vocabulary (or a
@@ -15,8 +25,8 @@ WordPiece vocabulary trained on the sample) and padded to `--seq-len`, as GLUE f
 by default (transformers' `run_glue.py` pads to the max length): a padded batch costs the same whatever the
 real lengths are. Both models get the same batches.
 
-Measured, each with the two models alternating repetition by repetition (the first model of a repetition
-alternates too), so the noise of a shared machine hits both alike; medians are reported:
+Measured, each with the models alternating within every repetition (which one goes first rotates from one
+repetition to the next), so the noise of a shared machine hits all alike; medians are reported:
 1. finetuning step: forward with labels + backward + AdamW step (fused: transformers' Trainer default with
    torch >= 2.8), dropout on, `--batch` samples (16: the SqueezeBERT model card's finetuning batch);
 2. inference: forward under `torch.inference_mode`, eval mode, `--infer-batch` samples;
@@ -32,11 +42,14 @@ import os
 import random
 import statistics
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -45,13 +58,16 @@ from data_prep.sentences import split_sentences  # noqa: E402
 from data_prep.tokenizer import import_vocab, train_vocab  # noqa: E402
 from formats.errors import OneLineArgumentParser, UserError, one_line  # noqa: E402
 from formats.files import atomic_write_bytes  # noqa: E402
-from pretrain.model import ModelConfig, step_flops  # noqa: E402
-from pretrain.model_files import transformers_config  # noqa: E402
+from pretrain.model import Dropout, ModelConfig, SqueezeBertModel, step_flops  # noqa: E402
+from pretrain.model_files import load_any, transformers_config  # noqa: E402
 
 CORPUS = os.path.join(ROOT, "tests", "assets", "enwiki_sample")
 NUM_LABELS = 3  # MNLI: entailment, neutral, contradiction
 GROUP_KEYS = ("q_groups", "k_groups", "v_groups", "post_attention_groups", "intermediate_groups", "output_groups")
 LEARNING_RATE = 3e-5  # the SqueezeBERT model card's run_glue example (batch 16); the step costs the same at any rate
+SQUEEZEBERT, BERT, OURS = "SqueezeBERT", "BERT", "SqueezeBERT (ours)"
+MODEL_FLAGS = {"squeezebert": SQUEEZEBERT, "bert": BERT, "ours": OURS}  # --models names -> result names
+PARITY_TOLERANCE = 1e-4  # max abs difference of the pooled outputs, fp32, eval mode
 
 
 class BenchError(UserError):
@@ -159,6 +175,69 @@ def build_bert(bert_dir: str | None):
     return BertForSequenceClassification(BertConfig(num_labels=NUM_LABELS))
 
 
+class ClassifierOutput(NamedTuple):
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+
+
+class OursForSequenceClassification(nn.Module):
+    """The project's `SqueezeBertModel` (embeddings, encoder, pooler) + dropout + linear classifier on the pooled
+    [CLS] output + cross-entropy: transformers' `SqueezeBertForSequenceClassification` head, on our encoder. The
+    dropout is the project's (`pretrain.model.Dropout`: the encoder's fast CPU mask sampler; same arithmetic as
+    `nn.Dropout`). Parameter names are transformers' (`transformer.`, `classifier.`)."""
+
+    def __init__(self, encoder: SqueezeBertModel, num_labels: int) -> None:
+        super().__init__()
+        self.config = encoder.config
+        self.transformer = encoder
+        self.dropout = Dropout(encoder.config.hidden_dropout_prob)
+        self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> ClassifierOutput:
+        _hidden, pooled = self.transformer(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        logits = self.classifier(self.dropout(pooled))
+        loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1)) if labels is not None else None
+        return ClassifierOutput(loss, logits)
+
+
+def build_ours(reference, model_dir: str | None) -> OursForSequenceClassification:
+    """Ours with `reference`'s weights (transformers' SqueezeBERT classifier): the encoder and pooler loaded by the
+    project's conversion (`load_any`) from `model_dir`, or from `reference` saved to a temporary folder when
+    `model_dir` is None (random weights); the classifier layer copied from `reference` (a folder has none: it is
+    fresh in `reference` too)."""
+    if model_dir:
+        pretraining_model, _vocab = load_any(model_dir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench_finetune_") as folder:
+            reference.save_pretrained(folder)
+            pretraining_model, _vocab = load_any(folder)
+    ours = OursForSequenceClassification(pretraining_model.transformer, NUM_LABELS)
+    ours.classifier.load_state_dict(reference.classifier.state_dict())
+    return ours
+
+
+def check_parity(ours: OursForSequenceClassification, reference, batch: Batch) -> dict:
+    """Max abs difference of the pooled outputs (and of the logits) of ours and transformers' SqueezeBERT, eval
+    mode, fp32, on `batch`; a BenchError above PARITY_TOLERANCE (the two would not be the same model)."""
+    ours.eval()
+    reference.eval()
+    with torch.inference_mode():
+        pooled_ours = ours.transformer(batch.input_ids, attention_mask=batch.attention_mask,
+                                       token_type_ids=batch.token_type_ids)[1]
+        pooled_reference = reference.transformer(**batch.inputs()).pooler_output
+        logits_ours = ours(**batch.inputs()).logits
+        logits_reference = reference(**batch.inputs()).logits
+    check = {"batch": int(batch.input_ids.shape[0]), "tolerance": PARITY_TOLERANCE,
+             "pooled_max_abs_diff": float((pooled_ours - pooled_reference).abs().max()),
+             "logits_max_abs_diff": float((logits_ours - logits_reference).abs().max())}
+    if not check["pooled_max_abs_diff"] <= PARITY_TOLERANCE:
+        raise BenchError(f"ours and transformers' SqueezeBERT differ: pooled outputs up to "
+                         f"{check['pooled_max_abs_diff']:.3g} apart with the same weights (tolerance "
+                         f"{PARITY_TOLERANCE:g})")
+    return check
+
+
 def parameter_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -205,13 +284,15 @@ def infer(model, batch: Batch, device: torch.device, bf16: bool) -> None:
 def alternate(calls: dict[str, Callable[[int], None]], warmup: int, repetitions: int,
               device: torch.device) -> dict[str, list[tuple[float, float]]]:
     """(wall seconds, process CPU seconds) per call of each callable (given the repetition index), the callables
-    alternating; the one that goes first alternates too, so neither always runs right after the other's
-    allocations. The CPU time is what a busy machine distorts least when `--threads 1`: a descheduled process
-    accrues none (with more threads it also counts the threads spinning at OpenMP barriers)."""
+    alternating; the one that goes first rotates (repetition r starts with the callable r mod count; with two,
+    they swap), so none always runs first, right after the others' allocations. The CPU time is what a busy
+    machine distorts least when `--threads 1`: a descheduled process accrues none (with more threads it also
+    counts the threads spinning at OpenMP barriers)."""
     names = list(calls)
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     for repetition in range(warmup + repetitions):
-        for name in names if repetition % 2 == 0 else names[::-1]:
+        shift = repetition % len(names)
+        for name in names[shift:] + names[:shift]:
             synchronize(device)
             start, start_cpu = time.perf_counter(), time.process_time()
             calls[name](repetition)
@@ -257,37 +338,77 @@ def summary(times: list[tuple[float, float]], samples: int) -> dict:
             "times_s": wall, "cpu_times_s": cpu}
 
 
+RATIO_ROWS = {  # JSON key -> (table label, explanation)
+    "ratios": ("ratio S/B", "transformers' SqueezeBERT / BERT"),
+    "ratios_ours_bert": ("ratio ours/B", "ours / BERT"),
+    "ratios_ours_squeezebert": ("ratio ours/S", "ours / transformers' SqueezeBERT"),
+}
+
+
 def print_table(results: dict, names: list[str]) -> None:
-    header = (f"{'model':<12} {'params':>8} {'fwd GFLOP/sample':>16} {'train samples/s':>15} "
+    header = (f"{'model':<18} {'params':>8} {'fwd GFLOP/sample':>16} {'train samples/s':>15} "
               f"{'inference samples/s':>19} {'latency ms (batch 1)':>20}")
     print(header)
     for name in names:
         result = results["models"][name]
         latency = result.get("latency")
-        print(f"{name:<12} {result['parameters'] / 1e6:>7.1f}M {result['forward_flops_per_sample'] / 1e9:>16.1f} "
+        print(f"{name:<18} {result['parameters'] / 1e6:>7.1f}M {result['forward_flops_per_sample'] / 1e9:>16.1f} "
               f"{result['train']['samples_per_s']:>15.2f} {result['inference']['samples_per_s']:>19.2f} "
               f"{latency['median_s'] * 1e3 if latency else float('nan'):>20.1f}")
-    ratios = results["ratios"]
-    print(f"{'ratio S/B':<12} {ratios['parameters']:>8.2f} {ratios['forward_flops']:>16.2f} "
-          f"{ratios['train_samples_per_s']:>15.2f} {ratios['inference_samples_per_s']:>19.2f} "
-          f"{ratios.get('latency', float('nan')):>20.2f}")
-    print("(ratio row: params and FLOPs SqueezeBERT / BERT; samples/s SqueezeBERT / BERT; latency BERT / SqueezeBERT)")
+    printed = []
+    for key, (label, explanation) in RATIO_ROWS.items():
+        ratios = results.get(key)
+        if ratios is None:
+            continue
+        printed.append(explanation)
+        print(f"{label:<18} {ratios['parameters']:>8.2f} {ratios['forward_flops']:>16.2f} "
+              f"{ratios['train_samples_per_s']:>15.2f} {ratios['inference_samples_per_s']:>19.2f} "
+              f"{ratios.get('latency', float('nan')):>20.2f}")
+    if printed:
+        print(f"(ratio rows, X / Y for {'; '.join(printed)}: params, FLOPs and samples/s X / Y; latency Y's time / "
+              "X's, so > 1 means X is faster everywhere but params and FLOPs)")
+
+
+def ratios_between(fast: dict, slow: dict) -> tuple[dict, dict]:
+    """`fast` against `slow` (two entries of results["models"]): wall-time ratios (samples/s, and batch-1
+    latency as slow's time over fast's, so > 1 means `fast` is faster) and the same per CPU second."""
+    ratios = {
+        "parameters": fast["parameters"] / slow["parameters"],
+        "forward_flops": fast["forward_flops_per_sample"] / slow["forward_flops_per_sample"],
+        "train_samples_per_s": fast["train"]["samples_per_s"] / slow["train"]["samples_per_s"],
+        "inference_samples_per_s": fast["inference"]["samples_per_s"] / slow["inference"]["samples_per_s"],
+    }
+    if "latency" in fast:
+        ratios["latency"] = slow["latency"]["median_s"] / fast["latency"]["median_s"]
+    cpu = {measure: fast[measure]["samples_per_cpu_s"] / slow[measure]["samples_per_cpu_s"]
+           for measure in ("train", "inference", "latency") if measure in fast}
+    return ratios, cpu
 
 
 def run(args) -> dict:
     device = torch.device(args.device)
-    models = {"SqueezeBERT": build_squeezebert(args.model), "BERT": build_bert(args.bert)}
+    selected = [MODEL_FLAGS[flag] for flag in args.models]
+    built: dict = {}
+    if SQUEEZEBERT in selected or OURS in selected:  # ours takes transformers' SqueezeBERT's weights
+        built[SQUEEZEBERT] = build_squeezebert(args.model)
+    if BERT in selected:
+        built[BERT] = build_bert(args.bert)
+    if OURS in selected:
+        built[OURS] = build_ours(built[SQUEEZEBERT], args.model)
+    models = {name: built[name] for name in selected}
     paragraphs = corpus_paragraphs(CORPUS)
     pairs = sentence_pairs(paragraphs)
     tokenizer, vocab_source = load_tokenizer(args.model, paragraphs)
     names = list(models)
-    max_id = min(model.config.vocab_size for model in models.values())
+    max_id = min(model.config.vocab_size for model in built.values())
     train_batches, real_length = make_batches(tokenizer, pairs, args.warmup + args.steps, args.batch,
                                               args.seq_len, max_id, seed=0)
     infer_batches, _ = make_batches(tokenizer, pairs, args.warmup + args.steps, args.infer_batch,
                                     args.seq_len, max_id, seed=1)
-    latency_batches, _ = make_batches(tokenizer, pairs, args.warmup + args.latency_reps, 1, args.seq_len,
-                                      max_id, seed=2)
+    latency_batches = []  # none with --latency-reps 0 (and --warmup 0: no batch to draw at all)
+    if args.latency_reps:
+        latency_batches, _ = make_batches(tokenizer, pairs, args.warmup + args.latency_reps, 1, args.seq_len,
+                                          max_id, seed=2)
     results: dict = {
         "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(), "bf16": args.bf16,
         "seq_len": args.seq_len, "batch": args.batch, "infer_batch": args.infer_batch, "steps": args.steps,
@@ -295,15 +416,26 @@ def run(args) -> dict:
         "mean_real_tokens": real_length, "load_average_at_start": os.getloadavg()[0], "models": {},
     }
     for name, model in models.items():
+        attention = getattr(model.config, "_attn_implementation", None) or "eager"
+        if name == OURS:
+            attention = "sdpa (training on CPU: matmul, softmax and the project's dropout sampler)"
         results["models"][name] = {
-            "class": type(model).__name__, "parameters": parameter_count(model),
-            "attention": getattr(model.config, "_attn_implementation", None) or "eager",
+            "class": type(model).__name__, "parameters": parameter_count(model), "attention": attention,
             "forward_flops_per_sample": forward_flops_per_sample(model.config, args.seq_len),
         }
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, "
           f"{'bf16 autocast' if args.bf16 else 'fp32'}; inputs: sentence pairs of the Wikipedia sample, "
           f"mean {real_length:.1f} real tokens, padded to {args.seq_len}; vocabulary: {vocab_source}; "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
+    if OURS in built:
+        # Before any timing, on CPU, fp32: the first inference batch (the same for both).
+        results["parity"] = check_parity(built[OURS], built[SQUEEZEBERT], infer_batches[0])
+        print(f"parity, eval mode, fp32, {results['parity']['batch']} samples: ours against transformers' "
+              f"SqueezeBERT with the same weights: pooled output max abs difference "
+              f"{results['parity']['pooled_max_abs_diff']:.2e} (tolerance {PARITY_TOLERANCE:g}), logits "
+              f"{results['parity']['logits_max_abs_diff']:.2e}", flush=True)
+        if SQUEEZEBERT not in models:
+            del built[SQUEEZEBERT]  # only the weight source and the parity reference: not timed
 
     train_times = time_finetuning(models, [batch.to(device) for batch in train_batches], args, device)
     for name in names:
@@ -319,20 +451,13 @@ def run(args) -> dict:
             results["models"][name]["latency"] = summary(latency_times[name], 1)
 
     results["load_average_at_end"] = os.getloadavg()[0]
-    squeeze, bert = results["models"]["SqueezeBERT"], results["models"]["BERT"]
-    results["ratios"] = {
-        "parameters": squeeze["parameters"] / bert["parameters"],
-        "forward_flops": squeeze["forward_flops_per_sample"] / bert["forward_flops_per_sample"],
-        "train_samples_per_s": squeeze["train"]["samples_per_s"] / bert["train"]["samples_per_s"],
-        "inference_samples_per_s": squeeze["inference"]["samples_per_s"] / bert["inference"]["samples_per_s"],
-    }
-    results["ratios_cpu_time"] = {
-        measure: squeeze[measure]["samples_per_cpu_s"] / bert[measure]["samples_per_cpu_s"]
-        for measure in ("train", "inference", "latency") if measure in squeeze
-    }
-    if args.latency_reps:
-        # Latency as a speed-up too (BERT's time over SqueezeBERT's), so that > 1 means SqueezeBERT is faster.
-        results["ratios"]["latency"] = bert["latency"]["median_s"] / squeeze["latency"]["median_s"]
+    # Latency ratios are speed-ups too (the other's time over this one's), so that > 1 means faster.
+    # "ratios" / "ratios_cpu_time": transformers' SqueezeBERT / BERT, as before ours was added.
+    pairs_of_models = {"": (SQUEEZEBERT, BERT), "_ours_bert": (OURS, BERT), "_ours_squeezebert": (OURS, SQUEEZEBERT)}
+    for suffix, (fast, slow) in pairs_of_models.items():
+        if fast in models and slow in models:
+            results[f"ratios{suffix}"], results[f"ratios{suffix}_cpu_time"] = ratios_between(
+                results["models"][fast], results["models"][slow])
     return results
 
 
@@ -341,6 +466,9 @@ def parse_args(argv=None):
                                    description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="transformers-format SqueezeBERT folder (default: random squeezebert-base)")
     parser.add_argument("--bert", help="transformers-format BERT folder (default: random BertConfig())")
+    parser.add_argument("--models", default="squeezebert,bert,ours",
+                        help="comma-separated, of squeezebert (transformers'), bert, ours (the project's encoder); "
+                             "timed in this order, which rotates; default all three")
     parser.add_argument("--steps", type=int, default=5, help="timed repetitions per model and measurement")
     parser.add_argument("--warmup", type=int, default=1, help="untimed repetitions per model first")
     parser.add_argument("--batch", type=int, default=16, help="finetuning batch (the model card's 16)")
@@ -352,6 +480,11 @@ def parse_args(argv=None):
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for both models")
     parser.add_argument("--json", help="also write every figure and per-repetition time to this file")
     args = parser.parse_args(argv)
+    args.models = [flag.strip().lower() for flag in args.models.split(",") if flag.strip()]
+    unknown = [flag for flag in args.models if flag not in MODEL_FLAGS]
+    if unknown or not args.models or len(set(args.models)) != len(args.models):
+        parser.error(f"--models: give distinct names of {', '.join(MODEL_FLAGS)}, comma-separated "
+                     f"({'unknown: ' + ', '.join(unknown) if unknown else 'none or repeated'})")
     for flag in ("steps", "batch", "infer_batch", "seq_len", "threads"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1, not {getattr(args, flag)}")
@@ -370,19 +503,25 @@ def main(argv=None) -> None:
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.set_verbosity_error()  # "newly initialized classifier" is expected here
+    transformers_logging.disable_progress_bar()  # save_pretrained's, for ours's weights
     try:
         results = run(args)
     except UserError as error:
         parser.exit(2, f"bench_finetune: error: {one_line(error)}\n")
     print(f"load average at the end: {results['load_average_at_end']:.2f} (the machine is shared)")
-    print_table(results, ["SqueezeBERT", "BERT"])
-    ratios = results["ratios"]
-    print(f"SqueezeBERT / BERT-base (> 1: SqueezeBERT faster): finetuning {ratios['train_samples_per_s']:.2f}x, "
-          f"inference {ratios['inference_samples_per_s']:.2f}x"
-          + (f", batch-1 latency {ratios['latency']:.2f}x" if "latency" in ratios else ""))
-    cpu = results["ratios_cpu_time"]
-    print("the same per process CPU second (steadier on a busy machine with --threads 1): "
-          + ", ".join(f"{measure} {ratio:.2f}x" for measure, ratio in cpu.items()))
+    print_table(results, list(results["models"]))
+    speed_ups = {"ratios": "SqueezeBERT / BERT-base (> 1: SqueezeBERT faster)",
+                 "ratios_ours_bert": "SqueezeBERT (ours) / BERT-base (> 1: ours faster)",
+                 "ratios_ours_squeezebert": "SqueezeBERT (ours) / transformers' SqueezeBERT (> 1: ours faster)"}
+    for key, label in speed_ups.items():
+        if key not in results:
+            continue
+        ratios, cpu = results[key], results[f"{key}_cpu_time"]
+        print(f"{label}: finetuning {ratios['train_samples_per_s']:.2f}x, "
+              f"inference {ratios['inference_samples_per_s']:.2f}x"
+              + (f", batch-1 latency {ratios['latency']:.2f}x" if "latency" in ratios else ""))
+        print("  the same per process CPU second (steadier on a busy machine with --threads 1): "
+              + ", ".join(f"{measure} {ratio:.2f}x" for measure, ratio in cpu.items()))
     if args.json:
         atomic_write_bytes(args.json, (json.dumps(results, indent=2) + "\n").encode("utf-8"))
 
