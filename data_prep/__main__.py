@@ -9,7 +9,7 @@ import argparse
 import os
 import sys
 
-from formats.errors import OneLineArgumentParser, UserError
+from formats.errors import OneLineArgumentParser, UserError, os_error_line
 from formats.layout import seq_folder, shard_set_name, vocab_dir
 
 from .config import SPECIAL_TOKENS, PrepConfig, PrepError, parse_part
@@ -223,8 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush would fail again
         return 0
     except OSError as error:  # an environment failure no check foresaw: still one line, naming the file
-        where = f"{error.filename}: " if error.filename else ""
-        print(f"data_prep: error: {where}{error.strerror or error}", file=sys.stderr)
+        print(f"data_prep: error: {os_error_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("data_prep: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -93,7 +93,7 @@ def command_demo(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from formats.errors import UserError
+    from formats.errors import UserError, os_error_line
 
     args = build_parser().parse_args(argv)
     try:
@@ -103,8 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"finetune: error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as error:
-        where = f"{error.filename}: " if error.filename else ""
-        print(f"finetune: error: {where}{error.strerror or error}", file=sys.stderr)
+        print(f"finetune: error: {os_error_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
 

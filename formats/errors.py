@@ -24,6 +24,12 @@ def one_line(error: BaseException, limit: int = 240) -> str:
     return " ".join(str(error).split())[:limit]
 
 
+def os_error_line(error: OSError) -> str:
+    """An `OSError` that reached a command line, as `<file>: <reason>` (the file when the error names one)."""
+    where = f"{error.filename}: " if error.filename else ""
+    return f"{where}{error.strerror or error}"
+
+
 class OneLineArgumentParser(argparse.ArgumentParser):
     """An `ArgumentParser` whose errors read like every other bad input: `<name>: error: <message> (see <prog>
     --help)` on one line, exit 2. argparse's own error prints the usage block first, which in a job log

@@ -95,7 +95,7 @@ def command_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from formats.errors import UserError
+    from formats.errors import UserError, os_error_line
 
     from .trainer import TrainingDiverged
 
@@ -110,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pretrain: error: {error}", file=sys.stderr)
         return EXIT_FAILED
     except OSError as error:
-        where = f"{error.filename}: " if error.filename else ""
-        print(f"pretrain: error: {where}{error.strerror or error}", file=sys.stderr)
+        print(f"pretrain: error: {os_error_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except RuntimeError as error:
         from .distributed import lost_a_peer, lost_peer_message

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.integration.test_trainer import train_command
+from tests.integration.test_trainer import all_scalars, train_command
 
 # the tiny config, shorter: 3 + 2 steps, an evaluation at global step 4, checkpoints at 3 and 5
 SMALL = ("phases.0.steps=3", "phases.1.steps=2", "phases.0.global_batch=8", "phases.1.global_batch=4")
@@ -32,20 +32,6 @@ def train(shard_root, workdir, *overrides, env):
     command = train_command(shard_root, *SMALL, ALL, f'logging.mlflow_tracking_uri="sqlite:///{workdir}/mlflow.db"',
                             *overrides)
     return subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=300, env=env)
-
-
-def tensorboard_scalars(workdir):
-    """{tag: {step: [values, one per invocation that logged it, in order]}}; event files sort by start time."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    scalars = {}
-    for path in sorted(glob.glob(os.path.join(workdir, "runs", "events.out.tfevents.*"))):
-        accumulator = EventAccumulator(path, size_guidance={"scalars": 0})
-        accumulator.Reload()
-        for tag in accumulator.Tags()["scalars"]:
-            for event in accumulator.Scalars(tag):
-                scalars.setdefault(tag, {}).setdefault(event.step, []).append(event.value)
-    return scalars
 
 
 def wandb_records(path):
@@ -123,7 +109,7 @@ def test_scalars_reach_every_backend_and_restarts_continue_one_run(shard_root, t
     state = tmp_path / "checkpoints" / "step-00000005" / "state" / "mp_rank_00_model_states.pt"
     assert torch.load(state, map_location="cpu", weights_only=False)["logging_runs"] == ids
 
-    tensorboard = tensorboard_scalars(str(tmp_path))
+    tensorboard = all_scalars(str(tmp_path))
     assert sorted(tensorboard["train/loss"]) == [1, 2, 3, 4, 5]
     assert [len(tensorboard["train/loss"][step]) for step in range(1, 6)] == [2, 2, 1, 1, 1]  # 1-2 logged twice
     assert sorted(tensorboard["eval/mlm_loss"]) == [4] and "progress/mfu" in tensorboard

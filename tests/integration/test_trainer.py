@@ -47,18 +47,24 @@ def final_parameters(workdir):
     return torch.load(path, map_location="cpu", weights_only=False)["module"]
 
 
-def scalars(workdir, tag):
-    """{step: [values...]} of a TensorBoard tag over all event files of the run (restarts append)."""
+def all_scalars(workdir):
+    """{tag: {step: [values, one per invocation that logged it, in order]}} over all event files of the run
+    (restarts append; event files sort by start time)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     values = {}
     for path in sorted(glob.glob(os.path.join(workdir, "runs", "events.out.tfevents.*"))):
         accumulator = EventAccumulator(path, size_guidance={"scalars": 0})
         accumulator.Reload()
-        if tag in accumulator.Tags()["scalars"]:
+        for tag in accumulator.Tags()["scalars"]:
             for event in accumulator.Scalars(tag):
-                values.setdefault(event.step, []).append(event.value)
+                values.setdefault(tag, {}).setdefault(event.step, []).append(event.value)
     return values
+
+
+def scalars(workdir, tag):
+    """{step: [values...]} of a TensorBoard tag over all event files of the run (restarts append)."""
+    return all_scalars(workdir).get(tag, {})
 
 
 @pytest.fixture(scope="module")
@@ -359,13 +365,7 @@ def test_mlm_only_trains_without_sop_and_resumes_exactly(mlm_only_reference, hel
     expected, got = final_parameters(whole), final_parameters(str(tmp_path))
     assert not any("sop" in key for key in expected) and set(expected) == set(got)
     assert all(torch.equal(expected[key], got[key]) for key in expected)
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    tags = set()
-    for path in glob.glob(os.path.join(whole, "runs", "events.out.tfevents.*")):
-        accumulator = EventAccumulator(path, size_guidance={"scalars": 0})
-        accumulator.Reload()
-        tags |= set(accumulator.Tags()["scalars"])
+    tags = set(all_scalars(whole))
     assert "train/mlm_loss" in tags and "eval/mlm_loss" in tags and not any("sop" in tag for tag in tags)
     export = subprocess.run([sys.executable, "-m", "pretrain", "export", "--checkpoint", "checkpoints", "--out",
                              "export"], cwd=whole, capture_output=True, text=True, timeout=300)
