@@ -52,7 +52,7 @@ from .log_backends import check as check_log_backends
 from .metrics import Metrics
 from .model import ModelConfig
 from .optim import build_lamb, learning_rate, set_learning_rate
-from .precision import DynamicLossScale, autocast, resolve_precision
+from .precision import DynamicLossScale, resolve_precision
 from .pretraining_model import SqueezeBertForPretraining
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: saved after SIGTERM/SIGUSR1; requeue and rerun the same command
@@ -198,6 +198,7 @@ class Trainer:
             raise RuntimeError("DeepSpeed wrapped the LAMB optimizer; this DeepSpeed version is not supported")
         self.device = self.engine.device
         self.precision = resolve_precision(config.precision, self.device)
+        self.model.run_in(self.device, self.precision)  # autocast inside the engine, where it cannot be undone
         self.loss_scale = None
         if self.precision == "fp16":
             self.loss_scale = DynamicLossScale(config.optimizer.initial_loss_scale,
@@ -392,8 +393,7 @@ class Trainer:
             # the same examples get the same dropout on any number of ranks (same micro-batch size).
             place = micro_step * self.world_size + self.rank  # see data.rank_slice
             torch.manual_seed(hash((self.config.seed, self.state.global_step, place)) % (2**63))
-            with autocast(self.device, self.precision):
-                output = self.engine(**batch)
+            output = self.engine(**batch)
             batch_size = len(batch["sop_labels"])
             loss, mlm_sum, sop_sum = step_losses(output, batch_size, global_masked, phase.global_batch, scale)
             self.engine.backward(loss)
@@ -447,8 +447,7 @@ class Trainer:
             counts[0] += batch["mlm_positions"].numel()
             counts[1] += len(batch["sop_labels"])
             batch = self.to_device(batch)
-            with autocast(self.device, self.precision):
-                output = self.engine(**batch)
+            output = self.engine(**batch)
             sop_sum = (F.cross_entropy(output.sop_logits.float(), batch["sop_labels"], reduction="sum")
                        if output.sop_logits is not None else output.sop_loss)
             sums += torch.stack([

@@ -5,13 +5,19 @@
 --nan-steps: the encoder's output is NaN while computing those global steps (0-based: the step about to
   be taken), so the loss and every gradient are NaN, as after a diverged update or a corrupt batch.
 --nccl-error-step: the step's all-reduce raises the `DistBackendError` that NCCL raises when a peer dies.
+--autocast-query-as-cuda: `torch.is_autocast_enabled()` with no argument answers with the CPU's autocast
+  state, as it answers with the CUDA state in a GPU process: DeepSpeed's `engine.forward` asks it and then
+  re-enters autocast disabled, so this process takes the branch a GPU run takes. The dtypes of the MLM
+  logits that reach the engine's caller are printed as one JSON line on stdout at the end.
 
 Only the fault is injected: the trainer, its checks and its command line are the real ones.
 """
 
 import argparse
+import json
 import sys
 
+import torch
 import torch.distributed as dist
 
 
@@ -19,6 +25,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--nan-steps", default="")
     parser.add_argument("--nccl-error-step", type=int, default=-1)
+    parser.add_argument("--autocast-query-as-cuda", action="store_true")
     parser.add_argument("pretrain_args", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     nan_steps = {int(step) for step in args.nan_steps.split(",") if step}
@@ -28,6 +35,10 @@ def main() -> int:
     from pretrain.__main__ import main as pretrain_main
 
     original_init = trainer_module.Trainer.__init__
+    logits_dtypes = set()
+    if args.autocast_query_as_cuda:
+        is_enabled = torch.is_autocast_enabled
+        torch.is_autocast_enabled = lambda *device: is_enabled(*(device or ("cpu",)))
 
     def init(self, config):
         original_init(self, config)
@@ -37,6 +48,7 @@ def main() -> int:
                 hidden, pooled = output
                 return hidden * float("nan"), pooled
         self.model.transformer.register_forward_hook(poison)
+        self.engine.register_forward_hook(lambda module, inputs, output: logits_dtypes.add(str(output.mlm_logits.dtype)))
 
         all_reduce = dist.all_reduce
 
@@ -51,7 +63,10 @@ def main() -> int:
         dist.all_reduce = failing_all_reduce
 
     trainer_module.Trainer.__init__ = init
-    return pretrain_main(pretrain_args)
+    code = pretrain_main(pretrain_args)
+    if args.autocast_query_as_cuda:
+        print(json.dumps({"logits_dtypes": sorted(logits_dtypes)}))
+    return code
 
 
 if __name__ == "__main__":

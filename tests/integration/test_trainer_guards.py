@@ -26,9 +26,10 @@ def run_pretrain(command, workdir, timeout=300):
     return subprocess.run(command, cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def with_faults(shard_root, *overrides, nan_steps="", nccl_error_step=-1):
+def with_faults(shard_root, *overrides, nan_steps="", nccl_error_step=-1, autocast_query_as_cuda=False):
     command = train_command(shard_root, *overrides, launcher=(sys.executable,))
-    faults = ["--nan-steps", nan_steps, "--nccl-error-step", str(nccl_error_step), "--"]
+    faults = ["--nan-steps", nan_steps, "--nccl-error-step", str(nccl_error_step),
+              *(["--autocast-query-as-cuda"] if autocast_query_as_cuda else []), "--"]
     return [sys.executable, *HARNESS, *faults, *command[command.index("train"):]]
 
 
@@ -142,14 +143,22 @@ def test_fp16_overflow_skips_the_step_and_halves_the_loss_scale(shard_root, tmp_
     assert "precision fp16" in result.stderr
 
 
-def test_bf16_autocast_keeps_weights_gradients_and_lamb_state_in_fp32(shard_root, tmp_path):
-    single = {}
+def test_bf16_reaches_the_model_through_the_engine_as_on_a_gpu_and_keeps_fp32_state(shard_root, tmp_path):
+    """Both runs answer DeepSpeed's autocast query (`torch.is_autocast_enabled()`, the CUDA flag) as a GPU
+    process does, so `engine.forward` re-enters autocast disabled, as on a GPU. An autocast entered around the
+    engine was undone there: the bf16 run computed in fp32, bit for bit the fp32 run."""
+    single, dtypes = {}, {}
     for precision in ("fp32", "bf16"):
         workdir = tmp_path / precision
         workdir.mkdir()
-        result = run_pretrain(with_faults(shard_root, f'precision="{precision}"'), workdir)
+        result = run_pretrain(with_faults(shard_root, f'precision="{precision}"', autocast_query_as_cuda=True),
+                              workdir)
         assert result.returncode == 0, result.stderr[-3000:]
         single[precision] = scalars(str(workdir), "train/loss")
+        dtypes[precision] = json.loads(result.stdout.strip().splitlines()[-1])["logits_dtypes"]
+    assert dtypes == {"fp32": ["torch.float32"], "bf16": ["torch.bfloat16"]}
+    weights = {p: checkpoint_state(tmp_path / p, 12)["module"] for p in ("fp32", "bf16")}
+    assert any(not torch.equal(weights["fp32"][name], weights["bf16"][name]) for name in weights["fp32"])
     state = checkpoint_state(tmp_path / "bf16", 12)
     assert {value.dtype for value in state["module"].values()} == {torch.float32}
     moments = [v for s in state["optimizer"]["state"].values() for k, v in s.items() if k != "step"]
