@@ -10,7 +10,9 @@ line naming the step and exit status 1, its last complete checkpoint kept.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILED = 1
@@ -95,33 +97,38 @@ def command_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from formats.errors import UserError, os_error_line
+    from formats.errors import UserError, one_line, os_error_line
 
+    from .distributed import leave_after_error, lost_a_peer, lost_peer_message, post_failure
     from .trainer import TrainingDiverged
 
     args = build_parser().parse_args(argv)
+
+    def fail(line: str, code: int) -> int:
+        """Ends this rank with one line; in a run of several ranks every rank ends with the same line and code
+        (`distributed.FailureBoard`), including ranks waiting in a collective for this one."""
+        line, code = post_failure(line, code)
+        print(line, file=sys.stderr, flush=True)
+        return code
+
     try:
         handlers = {"export": command_export, "train": command_train, "demo": command_demo}
         return handlers[args.command](args) or 0
     except UserError as error:  # every stage's bad input and failed writes: one line
-        print(f"pretrain: error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return fail(f"pretrain: error: {error}", EXIT_BAD_INPUT)
     except TrainingDiverged as error:
-        print(f"pretrain: error: {error}", file=sys.stderr)
-        return EXIT_FAILED
+        return fail(f"pretrain: error: {error}", EXIT_FAILED)
     except OSError as error:
-        print(f"pretrain: error: {os_error_line(error)}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except RuntimeError as error:
-        from .distributed import lost_a_peer, lost_peer_message
-
-        if not lost_a_peer(error):
-            raise
-        print(lost_peer_message(error), file=sys.stderr)
-        return EXIT_FAILED
+        return fail(f"pretrain: error: {os_error_line(error)}", EXIT_BAD_INPUT)
+    except Exception as error:
+        if lost_a_peer(error):
+            return fail(lost_peer_message(error), EXIT_FAILED)
+        # A bug (or an error no check foresaw): its traceback for the report, then the same one line as the
+        # other ranks end with.
+        traceback.print_exc()
+        return fail(f"pretrain: error: rank {os.environ.get('RANK', '0')} failed: {type(error).__name__}: "
+                    f"{one_line(error)}", EXIT_FAILED)
     finally:
-        from .distributed import leave_after_error
-
         leave_after_error()
 
 

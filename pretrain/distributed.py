@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import json
 import os
 import signal
 import socket
+import sys
+import threading
+import time
 
 import torch
 import torch.distributed as dist
@@ -34,7 +38,104 @@ def setup_distributed(timeout_minutes: float = 10.0) -> tuple[int, int]:
     if torch.cuda.is_available():  # before the process group: NCCL and object collectives use this device
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     deepspeed.init_distributed(dist_backend=backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    global BOARD
+    BOARD = FailureBoard(dist.get_rank(), dist.get_world_size())
     return dist.get_rank(), dist.get_world_size()
+
+
+class FailureBoard:
+    """How a rank-local failure reaches every rank within seconds, under NCCL as under gloo.
+
+    An error on one rank between two collectives (a failed checkpoint write on rank 0, an out-of-memory on
+    one GPU) leaves its peers inside their next collective. gloo fails them when the rank's connections
+    close; NCCL does not: they wait for the watchdog's timeout (`distributed_timeout_minutes`), which then
+    aborts them with SIGABRT. So the failing rank posts its one-line error and exit status in the job's
+    key-value store (torch's TCPStore at MASTER_ADDR:MASTER_PORT, which every rank already reaches, on every
+    node); a thread on every rank waits on that key (a blocking wait on its own connection: no polling, no
+    traffic while all is well), prints the same line and ends its process with the same status. The failing
+    rank leaves the process group only after its peers have read the post (or after `READ_TIMEOUT_S`), so
+    under gloo, too, the peers end through the post, not through their collective's error. The watchdog's
+    timeout stays for real hangs. A store that closes (the process hosting it died: rank 0 under the
+    `deepspeed` launcher, the first node's agent under torchrun) ends every rank as a lost peer."""
+
+    READ_TIMEOUT_S = 10.0
+
+    def __init__(self, rank: int, world_size: int) -> None:
+        self.rank, self.world_size = rank, world_size
+        # torchrun's agent keeps its store across restarts: a post of an earlier attempt must not end this one
+        self.key = f"pretrain/failure/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+        self.ending = threading.Event()
+        self.store = self.watch_store = self.thread = None
+        if world_size > 1:
+            # Clients of their own: a wait blocks its connection, which no other store call may queue behind.
+            self.store, self.watch_store = (
+                dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                              timeout=datetime.timedelta(seconds=60), wait_for_workers=False) for _ in range(2))
+            self.thread = threading.Thread(target=self._watch, name="failure-board", daemon=True)
+            self.thread.start()
+
+    def _watch(self) -> None:
+        while True:
+            try:
+                self.watch_store.wait([self.key], datetime.timedelta(days=7))
+                post = json.loads(self.watch_store.get(self.key))
+            except dist.DistStoreError:  # the wait's own timeout: wait again
+                continue
+            except dist.DistError as error:  # the store's process is gone
+                if self.ending.is_set():
+                    return
+                post = {"rank": None, "code": 1, "line": lost_peer_message(error)}
+            if post["rank"] == self.rank or post.get("done"):
+                return
+            print(post["line"], file=sys.stderr, flush=True)
+            if post["rank"] is not None:
+                try:
+                    self.watch_store.add(self.key + "/read", 1)
+                except dist.DistError:
+                    pass
+            os._exit(post["code"])  # this rank's main thread may be inside a collective that will not return
+
+    def post(self, line: str, code: int) -> tuple[str, int]:
+        """Tells every rank that this one fails with `line` and `code`, and waits (briefly) until they have
+        read it. Returns the line and code to end with: an earlier post of another rank wins (its error is
+        the cause; this rank's is then usually the lost peer)."""
+        self.ending.set()
+        if self.store is None:
+            return line, code
+        mine = json.dumps({"rank": self.rank, "code": code, "line": line})
+        try:
+            posted = self.store.compare_set(self.key, "", mine).decode()
+            if posted != mine:
+                first = json.loads(posted)
+                return (first["line"], first["code"]) if first.get("line") else (line, code)
+            deadline = time.monotonic() + self.READ_TIMEOUT_S
+            while self.store.add(self.key + "/read", 0) < self.world_size - 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+        except dist.DistError:  # the store is gone too: the peers learn it from their own watch
+            pass
+        return line, code
+
+    def close(self) -> None:
+        """The orderly end (after the last collective of the run): rank 0 posts `done` once every rank is
+        here, and each watch returns, so no rank's watch sees the store close when rank 0 exits. Collective."""
+        self.ending.set()
+        if self.store is None:
+            return
+        dist.barrier()
+        if self.rank == 0:
+            self.store.compare_set(self.key, "", json.dumps({"rank": None, "done": True}))
+        self.thread.join(timeout=30)
+
+
+BOARD: FailureBoard | None = None  # this process's, once the process group exists
+
+
+def post_failure(line: str, code: int) -> tuple[str, int]:
+    """This rank's one-line error and exit status, told to every rank (see `FailureBoard`); the line and code to
+    end with (another rank's earlier post wins)."""
+    if BOARD is None:
+        return line, code
+    return BOARD.post(line, code)
 
 
 def on_rank0(action) -> None:
@@ -119,6 +220,8 @@ def leave_together() -> None:
     exits while a peer still holds its connections can make that peer's collective library abort at exit
     (SIGABRT from gloo). Collective."""
     if dist.is_initialized():
+        if BOARD is not None:
+            BOARD.close()
         dist.barrier()
         dist.destroy_process_group()
 
@@ -128,6 +231,8 @@ def leave_after_error() -> None:
     may be this rank's alone). Exiting with the group alive lets gloo's worker threads outlive the interpreter,
     which aborts the process at exit (SIGABRT, "terminate called without an active exception") instead of
     returning the one-line error's exit status. A no-op after `leave_together`."""
+    if BOARD is not None:
+        BOARD.ending.set()
     if dist.is_initialized():
         dist.destroy_process_group()
 

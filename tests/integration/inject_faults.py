@@ -5,6 +5,8 @@
 --nan-steps: the encoder's output is NaN while computing those global steps (0-based: the step about to
   be taken), so the loss and every gradient are NaN, as after a diverged update or a corrupt batch.
 --nccl-error-step: the step's all-reduce raises the `DistBackendError` that NCCL raises when a peer dies.
+--fail-rank R --fail-step S: rank R raises an error of its own at the start of global step S, while its peers
+  go on into the step's first collective (a rank-local failure between two collectives).
 --autocast-query-as-cuda: `torch.is_autocast_enabled()` with no argument answers with the CPU's autocast
   state, as it answers with the CUDA state in a GPU process: DeepSpeed's `engine.forward` asks it and then
   re-enters autocast disabled, so this process takes the branch a GPU run takes. The dtypes of the MLM
@@ -26,6 +28,8 @@ def main() -> int:
     parser.add_argument("--nan-steps", default="")
     parser.add_argument("--nccl-error-step", type=int, default=-1)
     parser.add_argument("--autocast-query-as-cuda", action="store_true")
+    parser.add_argument("--fail-rank", type=int, default=-1)
+    parser.add_argument("--fail-step", type=int, default=-1)
     parser.add_argument("pretrain_args", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     nan_steps = {int(step) for step in args.nan_steps.split(",") if step}
@@ -61,6 +65,14 @@ def main() -> int:
                     "socket recv: Connection reset by peer")
             return all_reduce(tensor, *rest, **kwargs)
         dist.all_reduce = failing_all_reduce
+
+        train_step = self.train_step
+
+        def failing_train_step(*step_args):
+            if self.rank == args.fail_rank and self.state.global_step == args.fail_step:
+                raise RuntimeError(f"injected fault on rank {self.rank} at step {self.state.global_step}")
+            return train_step(*step_args)
+        self.train_step = failing_train_step
 
     trainer_module.Trainer.__init__ = init
     code = pretrain_main(pretrain_args)

@@ -71,6 +71,33 @@ def test_an_nccl_failure_ends_with_one_line(shard_root, tmp_path):
     assert "relaunch every node" in last_line(result)
 
 
+def test_a_rank_that_fails_between_collectives_ends_every_rank_with_its_line_within_seconds(shard_root, tmp_path):
+    """Rank 1 fails on its own at step 3 while rank 0 goes into the step's all-reduce. The failing rank keeps its
+    connections open until its peers have read its post, as NCCL keeps a dead peer's collective waiting: rank 0
+    is freed by the post, not by a collective error. The watchdog's timeout is set to 30 minutes, so waiting for
+    it would overrun the test's limit."""
+    command = with_faults(shard_root, "distributed_timeout_minutes=30.0", "checkpoint.every_steps=2")
+    harness = command.index("--")
+    command[harness:harness] = ["--fail-rank", "1", "--fail-step", "3"]
+    env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    ranks = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}) for rank in (0, 1)]
+    outputs = [rank.communicate(timeout=120) for rank in ranks]
+    lines = [stderr.strip().splitlines()[-1] for _, stderr in outputs]
+    assert [rank.returncode for rank in ranks] == [1, 1], outputs[0][1][-3000:]
+    assert lines[0] == lines[1] == "pretrain: error: rank 1 failed: RuntimeError: injected fault on rank 1 at step 3"
+    assert "Traceback" not in outputs[0][1]  # rank 0 ends with the line alone; rank 1 shows its traceback first
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_an_error_leaves_no_process_group_behind(shard_root, tmp_path):
     """Exiting with the process group alive lets gloo's threads outlive the interpreter, which aborts the
     process at exit now and then (SIGABRT, "terminate called without an active exception", seen in CI) instead
