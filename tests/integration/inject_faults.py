@@ -52,7 +52,8 @@ def main() -> int:
                 hidden, pooled = output
                 return hidden * float("nan"), pooled
         self.model.transformer.register_forward_hook(poison)
-        self.engine.register_forward_hook(lambda module, inputs, output: logits_dtypes.add(str(output.mlm_logits.dtype)))
+        self.engine.register_forward_hook(
+            lambda module, inputs, output: logits_dtypes.add(str(output.mlm_logits.dtype)))
 
         all_reduce = dist.all_reduce
 
