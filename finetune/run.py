@@ -64,11 +64,18 @@ def micro_batch_and_accumulation(config: FinetuneConfig, ranks: int) -> tuple[in
 
 
 def precision_flags(precision: str) -> dict:
-    """bf16 where the GPU has it natively, else fp32 (`auto`); the Trainer keeps fp32 master weights."""
+    """`auto`: bf16 where the GPU has it in hardware (Ampere and later), fp16 on older GPUs (V100, T4: they only
+    emulate bf16, far slower than fp16), fp32 on CPUs. The Trainer keeps fp32 master weights. (The same rule
+    as pretraining's `pretrain.precision`, restated: finetune imports nothing of pretrain.)"""
     import torch
 
+    gpu = torch.cuda.is_available()
+    native_bf16 = gpu and torch.cuda.is_bf16_supported(including_emulation=False)
     if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+        precision = "bf16" if native_bf16 else "fp16" if gpu else "fp32"
+    elif precision == "bf16" and gpu and not native_bf16:
+        raise FinetuneConfigError(f"--precision bf16: {torch.cuda.get_device_name()} has no native bf16; use "
+                                  "--precision fp16 (or auto, which picks it)")
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 

@@ -79,8 +79,8 @@ class GradientControl:
         per step and reused by `step()`."""
         if getattr(self, "_gradient_norm", None) is None:
             gradients = self._gradients()
-            if not gradients:
-                return torch.zeros(())
+            if not gradients:  # on the parameters' device, as the norm it stands for
+                return torch.zeros((), device=self.param_groups[0]["params"][0].device)
             self._gradient_norm = torch.linalg.vector_norm(tensor_norms(gradients)) / self.loss_scale
         return self._gradient_norm
 
@@ -110,6 +110,17 @@ def _from_torch_optimizer_state(optimizer, state_dict: dict) -> dict:
     return state_dict
 
 
+def _steps_on_parameter_devices(optimizer) -> None:
+    """After any load: every step counter on its parameter's device, as float32. torch places `step` by the
+    *saved* groups' `fused` flag, which a torch-optimizer checkpoint lacks, and CUDA's fused Adam kernel reads
+    the counters through device pointers (a CPU one is an illegal memory access)."""
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            state = optimizer.state.get(parameter)
+            if state and "step" in state:
+                state["step"] = state["step"].to(device=parameter.device, dtype=torch.float32)
+
+
 class Lamb(GradientControl, torch.optim.Optimizer):
     """The reference LAMB (see the module docstring), multi-tensor, for parameters of any float dtype."""
 
@@ -122,6 +133,7 @@ class Lamb(GradientControl, torch.optim.Optimizer):
         self.max_grad_norm = max_grad_norm
         self._updates: dict[int, torch.Tensor] = {}  # scratch for u, per parameter: not state, never saved
         self.register_load_state_dict_pre_hook(_from_torch_optimizer_state)
+        self.register_load_state_dict_post_hook(_steps_on_parameter_devices)
 
     def _state(self, parameter: torch.Tensor) -> dict:
         state = self.state[parameter]

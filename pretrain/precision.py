@@ -48,6 +48,32 @@ def resolve_precision(requested: str, device: torch.device) -> str:
     return requested
 
 
+def common_precision(choices: list) -> str:
+    """The one precision of a run from every rank's own resolution (an error where a rank could not resolve
+    it): ranks that computed in different precisions would scale their losses differently and their replicas
+    would drift apart. `auto` on a job that mixes GPUs with and without native bf16 is fp16 everywhere."""
+    errors = [choice for choice in choices if isinstance(choice, Exception)]
+    if errors:
+        raise PrecisionError(str(errors[0]))
+    return "fp16" if "fp16" in choices else choices[0]
+
+
+def resolve_on_every_rank(requested: str, device: torch.device) -> str:
+    """`resolve_precision` agreed by all ranks: each asks its own GPU, and every rank gets the same answer or
+    the same error (never one rank raising while its peers wait). Collective."""
+    import torch.distributed as dist
+
+    try:
+        mine = resolve_precision(requested, device)
+    except PrecisionError as error:
+        mine = error
+    choices = [mine]
+    if dist.is_initialized():
+        choices = [None] * dist.get_world_size()
+        dist.all_gather_object(choices, mine)
+    return common_precision(choices)
+
+
 def autocast(device: torch.device, precision: str):
     """The forward's context: autocast to bf16/fp16 with fp32 weights, or nothing for fp32."""
     if precision not in AUTOCAST_DTYPES:

@@ -52,7 +52,7 @@ from .log_backends import check as check_log_backends
 from .metrics import Metrics
 from .model import ModelConfig
 from .optim import build_lamb, learning_rate, set_learning_rate
-from .precision import DynamicLossScale, resolve_precision
+from .precision import DynamicLossScale, resolve_on_every_rank
 from .pretraining_model import SqueezeBertForPretraining
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: saved after SIGTERM/SIGUSR1; requeue and rerun the same command
@@ -197,7 +197,7 @@ class Trainer:
         if self.engine.optimizer is not self.optimizer:  # the skip protocol and fp32 state rely on it
             raise RuntimeError("DeepSpeed wrapped the LAMB optimizer; this DeepSpeed version is not supported")
         self.device = self.engine.device
-        self.precision = resolve_precision(config.precision, self.device)
+        self.precision = resolve_on_every_rank(config.precision, self.device)
         self.model.run_in(self.device, self.precision)  # autocast inside the engine, where it cannot be undone
         self.loss_scale = None
         if self.precision == "fp16":

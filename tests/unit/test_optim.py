@@ -211,6 +211,21 @@ def test_a_torch_optimizer_checkpoint_resumes_under_the_reference_lamb():
     assert float(new.state_dict()["state"][0]["step"]) == 2.0
 
 
+def test_after_loading_a_torch_optimizer_checkpoint_every_step_counter_is_on_its_parameters_device():
+    """CUDA's fused Adam kernel reads the counters on the parameters' device. Parameters on the `meta` device
+    stand for a GPU's: torch places `step` by the saved groups' `fused` flag, which this checkpoint lacks."""
+    torch.manual_seed(6)
+    model = TiedModel()
+    old = torch_optimizer.Lamb(parameter_groups(model, 0.01), lr=1e-2)
+    model(torch.randint(0, 50, (4, 10))).square().mean().backward()
+    old.step()
+    elsewhere = TiedModel().to("meta")
+    new = Lamb(parameter_groups(elsewhere, 0.01), lr=1e-2)
+    new.load_state_dict(old.state_dict())
+    placed = [(new.state[p]["step"].device, p.device) for group in new.param_groups for p in group["params"]]
+    assert len(placed) == len(old.state) and all(step == parameter for step, parameter in placed), placed
+
+
 def test_no_decay_for_biases_and_layer_norms_and_tied_weights_once():
     model = SqueezeBertForPretraining(ModelConfig.preset("squeezebert-tiny"))
     decay, no_decay = parameter_groups(model, 0.01)

@@ -6,7 +6,7 @@ import torch
 
 from pretrain.model import GroupedPointwise, ModelConfig
 from pretrain.optim import Lamb, parameter_groups
-from pretrain.precision import DynamicLossScale, PrecisionError, autocast, resolve_precision
+from pretrain.precision import DynamicLossScale, PrecisionError, autocast, common_precision, resolve_precision
 from pretrain.pretraining_model import SqueezeBertForPretraining
 from tests.unit.test_model import random_batch
 
@@ -33,6 +33,14 @@ def test_autocast_computes_in_half_precision_and_keeps_weights_and_gradients_fp3
     output.loss.backward()
     assert {p.dtype for p in model.parameters()} == {torch.float32}
     assert {p.grad.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_ranks_agree_on_one_precision_or_all_raise_the_same_error():
+    assert common_precision(["bf16", "bf16"]) == "bf16"
+    assert common_precision(["bf16", "fp16", "bf16"]) == "fp16"  # auto on a job mixing A100s and V100s
+    refused = PrecisionError("precision = 'bf16': Tesla V100 has no native bf16")
+    with pytest.raises(PrecisionError, match="Tesla V100 has no native bf16"):
+        common_precision(["bf16", refused])
 
 
 def test_fp32_autocast_is_no_autocast():
