@@ -1,19 +1,28 @@
 """One pretraining step of the full-size model: this project's against transformers', side by side.
 
     python bench/bench_model_step.py [--shapes 128x8 128x32 512x2] [--steps 3] [--bf16] [--threads 2]
+                                     [--variants before fused compiled transformers]
 
-A step is forward + backward + a torch-optimizer LAMB step, fp32 on the CPU. The reference is
-transformers' `SqueezeBertForMaskedLM` (logits at every position, loss over the masked ones) plus a linear
-SOP head on its pooled output, with the same weights and the same batch. The two alternate step by step
-in one process so machine noise hits both alike; the median step time of each is reported. Peak memory
-(max RSS) of each is measured in its own subprocess. Achieved FLOP/s uses `flops_per_token` (the useful
-work: logits at masked positions only) against the measured fp32 matmul rate of the machine.
-The last line is the samples/s ratio at sequence length 128.
+A step is forward + backward + a torch-optimizer LAMB step, fp32 on the CPU. Four variants, same weights,
+same batch:
+- `before`: this project's model as it was before issue 17 (three GEMMs for q, k, v; every grouped GEMM's
+  output copied out of its group-major layout), kept here as `use_formulation_before`;
+- `fused`: the model as it is (one grouped GEMM for q, k, v; GEMMs that read and write strided views);
+- `compiled`: the same with `compile = true` (each encoder layer compiled by inductor; its compile time,
+  paid in the warm-up step, is printed apart);
+- `transformers`: transformers' `SqueezeBertForMaskedLM` (logits at every position, loss over the masked
+  ones) plus a linear SOP head on its pooled output.
+They alternate step by step in one process so machine noise hits all alike; the median step time of each
+is reported. Peak memory (max RSS) of each but the compiled one is measured in its own subprocess.
+Achieved FLOP/s (of `fused`) uses `flops_per_token` (the useful work: logits at masked positions only)
+against the measured fp32 matmul rate of the machine. The last line is the samples/s ratio fused /
+transformers at sequence length 128.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -21,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+import types
 
 import torch
 import torch.nn.functional as F
@@ -30,11 +40,12 @@ from torch import nn
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from pretrain.model import ModelConfig, flops_per_token  # noqa: E402
+from pretrain.model import GroupedPointwise, ModelConfig, SelfAttention, attention, flops_per_token  # noqa: E402
 from pretrain.model_files import transformers_config  # noqa: E402
 from pretrain.pretraining_model import SqueezeBertForPretraining  # noqa: E402
 
 MAX_MASKED = {128: 20, 512: 80}  # the paper's caps per sequence
+VARIANTS = ("before", "fused", "compiled", "transformers")
 
 
 def make_batch(config: ModelConfig, batch: int, seq_len: int, seed: int = 0):
@@ -57,6 +68,53 @@ def build_ours(config: ModelConfig) -> SqueezeBertForPretraining:
     return SqueezeBertForPretraining(config).train()
 
 
+def grouped_pointwise_before(self: GroupedPointwise, x: torch.Tensor) -> torch.Tensor:
+    """`GroupedPointwise.forward` before issue 17: a batched GEMM into [g, T, c_out/g], then a copy."""
+    weight = self.weight.squeeze(-1)  # [c_out, c_in/g]
+    if self.groups == 1:
+        return F.linear(x, weight, self.bias)
+    *lead, c_in = x.shape
+    c_out = weight.shape[0]
+    grouped = x.reshape(-1, self.groups, c_in // self.groups).transpose(0, 1)  # [g, T, c_in/g]
+    out = torch.baddbmm(self.bias.view(self.groups, 1, c_out // self.groups), grouped,
+                        weight.view(self.groups, c_out // self.groups, -1).transpose(1, 2))  # [g, T, c_out/g]
+    return out.transpose(0, 1).reshape(*lead, c_out)
+
+
+def self_attention_before(self: SelfAttention, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """`SelfAttention.forward` before issue 17: q, k and v by three grouped GEMMs of the same input."""
+    n, w, c = x.shape
+
+    def heads(t: torch.Tensor) -> torch.Tensor:  # [N, W, C] -> [N, H, W, C/H]
+        return t.view(n, w, self.heads, c // self.heads).transpose(1, 2)
+
+    context = attention(heads(self.query(x)), heads(self.key(x)), heads(self.value(x)), mask,
+                        self.dropout_prob, self.training)
+    return context.transpose(1, 2).reshape(n, w, c)
+
+
+def use_formulation_before(model: SqueezeBertForPretraining) -> SqueezeBertForPretraining:
+    """`model` running the formulation before issue 17 (bound per instance: other models keep theirs)."""
+    for module in model.modules():
+        if isinstance(module, GroupedPointwise):
+            module.forward = types.MethodType(grouped_pointwise_before, module)
+        elif isinstance(module, SelfAttention):
+            module.forward = types.MethodType(self_attention_before, module)
+    return model
+
+
+def build_variant(name: str, config: ModelConfig):
+    """(model, optimizer, step function) of a variant; every variant starts from the same weights."""
+    if name == "transformers":
+        hf, hf_sop = build_transformers(config, build_ours(config))
+        return hf, lamb(list(hf.parameters()) + list(hf_sop.parameters())), \
+            lambda optimizer, batch, bf16: step_transformers(hf, hf_sop, optimizer, batch, bf16)
+    model = build_ours(dataclasses.replace(config, compile=name == "compiled"))
+    if name == "before":
+        use_formulation_before(model)
+    return model, lamb(model.parameters()), lambda optimizer, batch, bf16: step_ours(model, optimizer, batch, bf16)
+
+
 def build_transformers(config: ModelConfig, ours: SqueezeBertForPretraining | None = None):
     """transformers' model and a linear SOP head, with `ours`' weights when given."""
     from transformers import SqueezeBertConfig, SqueezeBertForMaskedLM
@@ -70,11 +128,6 @@ def build_transformers(config: ModelConfig, ours: SqueezeBertForPretraining | No
         hf_sop.load_state_dict({"weight": ours.sop_classifier.weight.detach(),
                                 "bias": ours.sop_classifier.bias.detach()})
     return hf, hf_sop
-
-
-def build_models(config: ModelConfig):
-    ours = build_ours(config)
-    return (ours, *build_transformers(config, ours))
 
 
 def lamb(parameters):
@@ -113,38 +166,41 @@ def matmul_rate(threads: int, size: int = 2048, repeats: int = 10) -> float:
     return 2 * size**3 * repeats / (time.perf_counter() - start)
 
 
-def time_pair(config, shape, steps, bf16):
+def time_variants(config, shape, steps, bf16, variants):
+    """Median step time of each variant, and the compiled variant's warm-up time (its compile)."""
     seq_len, batch_size = shape
-    ours, hf, hf_sop = build_models(config)
-    ours_opt, hf_opt = lamb(ours.parameters()), lamb(list(hf.parameters()) + list(hf_sop.parameters()))
+    built = {name: build_variant(name, config) for name in variants}
     batch = make_batch(config, batch_size, seq_len)
-    step_ours(ours, ours_opt, batch, bf16)  # warm-up: allocator, kernels, optimizer state
-    step_transformers(hf, hf_sop, hf_opt, batch, bf16)
-    ours_times, hf_times = [], []
+    warmup = {}
+    for name, (_, optimizer, step) in built.items():  # allocator, kernels, optimizer state; the compile
+        start = time.perf_counter()
+        step(optimizer, batch, bf16)
+        warmup[name] = time.perf_counter() - start
+    times = {name: [] for name in variants}
     for _ in range(steps):
-        start = time.perf_counter()
-        step_ours(ours, ours_opt, batch, bf16)
-        ours_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        step_transformers(hf, hf_sop, hf_opt, batch, bf16)
-        hf_times.append(time.perf_counter() - start)
-    return statistics.median(ours_times), statistics.median(hf_times), batch[-1]
+        for name, (_, optimizer, step) in built.items():
+            start = time.perf_counter()
+            step(optimizer, batch, bf16)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}, warmup, batch[-1]
 
 
 def peak_memory_child(which: str, seq_len: int, batch_size: int, threads: int) -> None:
     torch.set_num_threads(threads)
     config = ModelConfig.preset("squeezebert-base")
     batch = make_batch(config, batch_size, seq_len)
-    if which == "ours":
-        ours = build_ours(config)
-        optimizer = lamb(ours.parameters())
-        for _ in range(2):
-            step_ours(ours, optimizer, batch, False)
-    else:
+    if which == "transformers":
         hf, hf_sop = build_transformers(config, None)  # its own init: the process never holds our model
         optimizer = lamb(list(hf.parameters()) + list(hf_sop.parameters()))
         for _ in range(2):
             step_transformers(hf, hf_sop, optimizer, batch, False)
+    else:
+        model = build_ours(config)
+        if which == "before":
+            use_formulation_before(model)
+        optimizer = lamb(model.parameters())
+        for _ in range(2):
+            step_ours(model, optimizer, batch, False)
     print(json.dumps({"max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
@@ -161,7 +217,8 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=["128x8", "128x32", "512x2"], help="SEQxBATCH")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--bf16", action="store_true", help="also time both under CPU bf16 autocast at 128x8")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--bf16", action="store_true", help="also time all under CPU bf16 autocast at 128x8")
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -171,32 +228,49 @@ def main() -> None:
         return
     torch.set_num_threads(args.threads)
     config = ModelConfig.preset("squeezebert-base")
+    variants = [name for name in VARIANTS if name in args.variants]
     rate = matmul_rate(args.threads)
     print(f"fp32 matmul rate, {args.threads} threads: {rate / 1e9:,.0f} GFLOP/s; torch {torch.__version__}")
-    print(f"{'shape':>8} {'precision':>9} {'ours samples/s':>15} {'transformers':>13} {'ratio':>6} "
-          f"{'ours GFLOP/s':>13} {'of matmul':>9} {'ours MiB':>9} {'hf MiB':>7}")
     # Memory first, while this process is small: a child's max RSS starts from its parent's at fork.
+    measured = [name for name in variants if name != "compiled"] if not args.no_memory else []
     memory = {}
-    if not args.no_memory:
-        for shape_text in args.shapes:
-            seq_len, batch_size = map(int, shape_text.split("x"))
-            memory[shape_text] = (f"{peak_memory('ours', seq_len, batch_size, args.threads):,.0f}",
-                                  f"{peak_memory('hf', seq_len, batch_size, args.threads):,.0f}")
-    ratios_128 = []
+    for shape_text in args.shapes:
+        seq_len, batch_size = map(int, shape_text.split("x"))
+        for name in measured:
+            memory[shape_text, name] = peak_memory(name, seq_len, batch_size, args.threads)
+    print("samples/s (median step):")
+    print(f"{'shape':>8} {'precision':>9} " + " ".join(f"{name:>12}" for name in variants)
+          + f" {'fused/before':>12} {'compiled/fused':>14} {'fused/hf':>8} {'fused GFLOP/s':>13} {'of matmul':>9}")
+    ratios_128, notes = [], []
     runs = [(shape, False) for shape in args.shapes] + ([("128x8", True)] if args.bf16 else [])
     for shape_text, bf16 in runs:
         seq_len, batch_size = map(int, shape_text.split("x"))
-        ours_time, hf_time, masked = time_pair(config, (seq_len, batch_size), args.steps, bf16)
-        flops = flops_per_token(config, seq_len, masked) * seq_len * batch_size / ours_time
-        peak = memory.get(shape_text, ("", "")) if not bf16 else ("", "")
-        ratio = hf_time / ours_time
-        if seq_len == 128 and not bf16:
-            ratios_128.append(ratio)
-        print(f"{shape_text:>8} {'bf16' if bf16 else 'fp32':>9} {batch_size / ours_time:>15.2f} "
-              f"{batch_size / hf_time:>13.2f} {ratio:>6.2f} {flops / 1e9:>13.1f} {flops / rate:>9.0%} "
-              f"{peak[0]:>9} {peak[1]:>7}")
+        times, warmup, masked = time_variants(config, (seq_len, batch_size), args.steps, bf16, variants)
+        rates = {name: batch_size / seconds for name, seconds in times.items()}
+
+        def ratio(a: str, b: str, width: int) -> str:
+            return f"{rates[a] / rates[b]:>{width}.2f}" if a in rates and b in rates else " " * width
+
+        flops = ""
+        if "fused" in times:
+            achieved = flops_per_token(config, seq_len, masked) * seq_len * batch_size / times["fused"]
+            flops = f"{achieved / 1e9:>13.1f} {achieved / rate:>9.0%}"
+        if seq_len == 128 and not bf16 and "fused" in rates and "transformers" in rates:
+            ratios_128.append(rates["fused"] / rates["transformers"])
+        precision = "bf16" if bf16 else "fp32"
+        print(f"{shape_text:>8} {precision:>9} " + " ".join(f"{rates[name]:>12.2f}" for name in variants)
+              + f" {ratio('fused', 'before', 12)} {ratio('compiled', 'fused', 14)} {ratio('fused', 'transformers', 8)}"
+              + f" {flops}")
+        if "compiled" in warmup:
+            notes.append(f"compiled, {shape_text} {precision}: first step {warmup['compiled']:.0f} s (the compile)")
+    for note in notes:
+        print(note)
+    if memory:
+        print("peak MiB (max RSS of 2 steps in a subprocess): " + "; ".join(
+            f"{shape} {name} {mib:,.0f}" for (shape, name), mib in memory.items()))
     if ratios_128:
-        print(f"samples/s ratio ours / transformers at seq 128 (fp32): {min(ratios_128):.2f} (lowest over batch sizes)")
+        print(f"samples/s ratio fused / transformers at seq 128 (fp32): {min(ratios_128):.2f} "
+              "(lowest over batch sizes)")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ The math is transformers' `modeling_squeezebert.py`: BERT-base whose position-wi
 are grouped 1x1 convolutions. The layout is not: transformers keeps activations as [N, C, W] for
 `nn.Conv1d` and permutes around every LayerNorm and attention; here activations stay [N, W, C]
 (channels last) and a grouped 1x1 convolution is a batched matmul over the groups, which is the same
-arithmetic with no permutes and runs ~1.5x faster on CPU. Attention is `scaled_dot_product_attention`
-(a fused kernel where the platform has one); dropout masks on CPU come from a faster sampler (`dropout`).
+arithmetic with no permutes and runs ~1.5x faster on CPU. The GEMMs read and write strided views, so no
+activation is copied in or out of a group-major layout (`grouped_pointwise`), and q, k and v come from one
+GEMM (`SelfAttention`). Attention is `scaled_dot_product_attention` (a fused kernel where the platform has
+one); dropout masks on CPU come from a faster sampler (`dropout`). `ModelConfig.compile` compiles the layers.
 
 Parameter names and shapes are transformers' (conv weights stay [C_out, C_in / groups, 1]), so a state dict
 moves between the two with a prefix and nothing else: see `pretrain.model_files`.
@@ -22,12 +24,18 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.utils.checkpoint import checkpoint
 
 from formats.errors import UserError
 
 # Shipped inside the package (package data), so editable and wheel installs find them the same way.
 PRESETS = importlib.resources.files("pretrain") / "presets"
+
+
+# Inductor settings of `ModelConfig.compile`: random ops call torch's own (so dropout draws eager's masks from the
+# seeded generator, and a recomputation replays them) and no kernel is chosen by timing where it changes numerics.
+COMPILE_OPTIONS = {"fallback_random": True, "deterministic": True}
 
 
 class ConfigError(UserError):
@@ -64,6 +72,18 @@ class ModelConfig:
     # recomputed (the RNG state is replayed), so losses and gradients are unchanged. Not exported to
     # transformers' config.json (`model_files.TRANSFORMERS_CONFIG_KEYS`).
     gradient_checkpointing: bool = False
+    # torch.compile (inductor) of every encoder layer, a switch that changes no weight. Each layer is compiled in
+    # place at the first forward (`nn.Module.compile`), so parameter names, state dicts, checkpoints, the export
+    # and the parity with transformers are unchanged. Kept (tested on CPU): the same seed gives the same losses
+    # and gradients bit for bit, within a process and across processes (the same kernels are generated, and
+    # `COMPILE_OPTIONS` stops inductor choosing kernels by timing), so a resumed run is bit-identical to an
+    # uninterrupted one and every rank runs a micro-batch as any other would; dropout draws eager's masks from
+    # the seeded generator, and activation checkpointing recomputes bit-identically. Dropped: bit equality with
+    # eager (fused kernels round differently: gradients within 1e-4 of their largest in fp32), so switching
+    # compile on or off within a run breaks its bit-identical resume. The first forward of a shape compiles
+    # (15-35 s on 2 CPU cores; a second sequence length compiles one dynamic-shape graph for all later ones).
+    # Needs a C++ compiler on CPU, Triton on CUDA. Not exported to transformers' config.json.
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.hidden_size % self.num_attention_heads:
@@ -84,6 +104,8 @@ class ModelConfig:
             raise ConfigError(f"model.pad_token_id {self.pad_token_id} is outside the vocabulary")
         if not isinstance(self.gradient_checkpointing, bool):  # "false" from a config file would read as on
             raise ConfigError(f"model.gradient_checkpointing {self.gradient_checkpointing!r}: must be true or false")
+        if not isinstance(self.compile, bool):
+            raise ConfigError(f"model.compile {self.compile!r}: must be true or false")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -117,33 +139,108 @@ class GroupedPointwise(nn.Module):
         self.bias = nn.Parameter(torch.empty(c_out))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight.squeeze(-1)  # [c_out, c_in/g]
-        if self.groups == 1:
-            return F.linear(x, weight, self.bias)
+        return grouped_pointwise(x, self.weight.squeeze(-1), self.bias, self.groups)
+
+
+def grouped_pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int) -> torch.Tensor:
+    """x [..., c_in] times a grouped weight [c_out, c_in / groups] plus bias [c_out]: [..., c_out], contiguous.
+
+    Group j maps input channels [j * c_in/g, (j+1) * c_in/g) to output channels [j * c_out/g, ...): a batched
+    GEMM over the groups whose operands are strided views of x and of the output (`GroupedMatmul`), so no
+    activation is copied into or out of a group-major layout, forward or backward."""
+    if groups == 1:
+        return F.linear(x, weight, bias)
+    if torch.compiler.is_compiling():
+        # Dynamo does not trace an `out=` into a strided view (a graph break); inductor picks the layouts itself
+        # and folds the permute into the kernel that reads the result.
         *lead, c_in = x.shape
         c_out = weight.shape[0]
-        grouped = x.reshape(-1, self.groups, c_in // self.groups).transpose(0, 1)  # [g, T, c_in/g]
-        out = torch.baddbmm(  # the bias rides in the GEMM's accumulator: one pass over the output fewer
-            self.bias.view(self.groups, 1, c_out // self.groups),
-            grouped,
-            weight.view(self.groups, c_out // self.groups, -1).transpose(1, 2),
-        )  # [g, T, c_out/g]
+        grouped = x.reshape(-1, groups, c_in // groups).transpose(0, 1)  # [g, T, c_in/g]
+        out = torch.baddbmm(bias.view(groups, 1, c_out // groups), grouped,
+                            weight.view(groups, c_out // groups, -1).transpose(1, 2))  # [g, T, c_out/g]
         return out.transpose(0, 1).reshape(*lead, c_out)
+    return GroupedMatmul.apply(x, weight, bias, groups)
 
 
-def dropout_keep_mask(shape: torch.Size, p: float, device: torch.device) -> torch.Tensor:
-    """A boolean mask, each element True with probability 1 - p.
+class GroupedMatmul(torch.autograd.Function):
+    """`grouped_pointwise` in eager mode. Each GEMM of the batch reads its group of x in place ([T, c_in] seen
+    as [g, T, c_in/g]: row stride c_in) and writes its group of the output in place ([T, c_out] seen as
+    [g, T, c_out/g]), through `out=`, which autograd does not differentiate: hence the explicit backward, which
+    writes the input's gradient the same way. BLAS and cuBLAS take the strides as leading dimensions (cuBLAS:
+    one strided-batched GEMM, ldc = c_out, batch stride c_out/g), so no pass over an activation is spent on a
+    layout change. Autocast does not cast `out=` ops: the cast is done here, as autocast does for baddbmm."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int) -> torch.Tensor:
+        ctx.dtypes = x.dtype, weight.dtype, bias.dtype
+        if torch.is_autocast_enabled(x.device.type):
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, weight, bias = x.to(dtype), weight.to(dtype), bias.to(dtype)
+        *lead, c_in = x.shape
+        c_out = weight.shape[0]
+        flat = x.contiguous().view(-1, c_in)  # [T, c_in]; every input this model makes is contiguous
+        out = flat.new_empty(flat.shape[0], c_out)
+        torch.baddbmm(bias.view(groups, 1, c_out // groups),  # the GEMM accumulates onto the bias (beta = 1)
+                      by_group(flat, groups), weight.view(groups, c_out // groups, -1).transpose(1, 2),
+                      out=by_group(out, groups))
+        ctx.groups, ctx.lead = groups, lead
+        ctx.save_for_backward(flat, weight)
+        return out.view(*lead, c_out)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        flat, weight = ctx.saved_tensors
+        x_dtype, weight_dtype, bias_dtype = ctx.dtypes
+        groups, c_out = ctx.groups, weight.shape[0]
+        grad = grad.contiguous().view(-1, c_out).to(flat.dtype)  # [T, c_out]
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.empty_like(flat)
+            torch.bmm(by_group(grad, groups), weight.view(groups, c_out // groups, -1), out=by_group(grad_x, groups))
+            grad_x = grad_x.view(*ctx.lead, flat.shape[1]).to(x_dtype)
+        if ctx.needs_input_grad[1]:
+            # x^T grad, [g, c_in/g, c_out/g]: this operand order reads both strided views at full speed (the
+            # transposed-gradient order runs at half speed on MKL); the small result is transposed afterwards.
+            grad_weight = torch.bmm(by_group(flat, groups).transpose(1, 2), by_group(grad, groups))
+            grad_weight = grad_weight.transpose(1, 2).reshape(c_out, -1).to(weight_dtype)
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad.sum(0).to(bias_dtype)
+        return grad_x, grad_weight, grad_bias, None
+
+
+def by_group(flat: torch.Tensor, groups: int) -> torch.Tensor:
+    """[T, C] seen as [groups, T, C / groups] without a copy (row stride C)."""
+    return flat.view(flat.shape[0], groups, -1).transpose(0, 1)
+
+
+def dropout_keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    """A boolean mask of x's shape, each element True with probability 1 - p.
 
     On CPU, torch's Bernoulli sampler is a tenth of this model's training step at length 128 and a sixth
     at 512 (measured, torch 2.13, 2 threads: 44 ms for one 2x12x512x512 attention-probability tensor).
     Here every 64-bit draw of the default generator (seeded by `torch.manual_seed`) is cut into four
     uniform 16-bit lanes: 7 ms for the same tensor. p is rounded to a multiple of 1/65536."""
-    if device.type != "cpu":
-        return torch.rand(shape, device=device) >= p
-    count = math.prod(shape)
-    words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)
-    lanes = words.view(torch.int16)[:count].view(shape)
+    if x.device.type != "cpu":
+        return torch.rand(x.shape, device=x.device) >= p
+    return cpu_keep_mask(x.detach(), p)
+
+
+# An operator of its own so that torch.compile keeps it whole (Dynamo cannot trace the in-place `random_`). Its
+# `nondeterministic_seeded` tag and inductor's fallback_random make compiled layers call it in program order on
+# the default generator, so they draw eager's masks. It takes the tensor to be masked, not just its shape, so
+# that no common-subexpression pass merges two draws of the same shape into one.
+@torch.library.custom_op("squeezebert::cpu_keep_mask", mutates_args=(), tags=torch.Tag.nondeterministic_seeded)
+def cpu_keep_mask(like: torch.Tensor, p: float) -> torch.Tensor:
+    count = like.numel()
+    words = torch.empty((count + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
+    lanes = words.view(torch.int16)[:count].view(like.shape)
     return lanes >= round(p * 65536) - 32768
+
+
+@cpu_keep_mask.register_fake
+def _(like: torch.Tensor, p: float) -> torch.Tensor:
+    return torch.empty(like.shape, dtype=torch.bool)
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -152,7 +249,7 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
         return x
     if x.device.type != "cpu":  # accelerators have a fused dropout kernel
         return F.dropout(x, p, True)
-    return x.mul(dropout_keep_mask(x.shape, p, x.device)).mul_(1.0 / (1.0 - p))
+    return x.mul(dropout_keep_mask(x, p)).mul_(1.0 / (1.0 - p))
 
 
 class Dropout(nn.Module):
@@ -203,6 +300,15 @@ class ConvActivation(nn.Module):
 
 
 class SelfAttention(nn.Module):
+    """q, k and v of the same input in one grouped GEMM where the groups allow (`fuses_qkv`).
+
+    The parameters stay transformers' three convolutions; their weights are interleaved at every forward
+    (a [3C, C/g] copy, small next to the [T, 3C] output when the T tokens are many more than C/g) so that
+    the GEMM's output [T, 3C] is [N, W, H, 3, D]: q, k and v of head h side by side. Each of q, k, v is then a strided
+    view [N, H, W, D] (last dimension contiguous, which SDPA's fused kernels take), and the backward of that
+    split stacks the three gradients straight into the GEMM's layout. One read of x, one autocast cast of it,
+    one launch, instead of three of each."""
+
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         hidden = config.hidden_size
@@ -211,16 +317,31 @@ class SelfAttention(nn.Module):
         self.key = GroupedPointwise(hidden, hidden, config.k_groups)
         self.value = GroupedPointwise(hidden, hidden, config.v_groups)
         self.dropout_prob = config.attention_probs_dropout_prob
+        self.fuses_qkv = fuses_qkv(config)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         n, w, c = x.shape
-
-        def heads(t: torch.Tensor) -> torch.Tensor:  # [N, W, C] -> [N, H, W, C/H]; channel = head * C/H + d
-            return t.view(n, w, self.heads, c // self.heads).transpose(1, 2)
-
-        context = attention(heads(self.query(x)), heads(self.key(x)), heads(self.value(x)), mask,
-                            self.dropout_prob, self.training)
+        head_size = c // self.heads
+        if self.fuses_qkv:
+            parts = (self.query, self.key, self.value)
+            # Rows in (head, q/k/v, d) order; head h's rows lie in group h // (heads / g) of every part.
+            weight = torch.stack([p.weight.view(self.heads, head_size, -1) for p in parts], dim=1).view(3 * c, -1)
+            bias = torch.stack([p.bias.view(self.heads, head_size) for p in parts], dim=1).view(3 * c)
+            qkv = grouped_pointwise(x, weight, bias, self.query.groups).view(n, w, self.heads, 3, head_size)
+            q, k, v = (t.transpose(1, 2) for t in qkv.unbind(3))  # [N, H, W, D] views
+        else:  # [N, W, C] -> [N, H, W, C/H] views; channel = head * C/H + d
+            q, k, v = (p(x).view(n, w, self.heads, head_size).transpose(1, 2)
+                       for p in (self.query, self.key, self.value))
+        context = attention(q, k, v, mask, self.dropout_prob, self.training)
         return context.transpose(1, 2).reshape(n, w, c)
+
+
+def fuses_qkv(config: ModelConfig) -> bool:
+    """q, k and v share one GEMM when they have the same groups and no head straddles two groups (a head's
+    channels are then contiguous in the fused output). Otherwise three GEMMs, each output already [N, W, C]."""
+    groups = config.q_groups
+    head_size = config.hidden_size // config.num_attention_heads
+    return config.k_groups == config.v_groups == groups and (config.hidden_size // groups) % head_size == 0
 
 
 class SqueezeBertLayer(nn.Module):
@@ -277,6 +398,14 @@ class SqueezeBertModel(nn.Module):
         self.embeddings = Embeddings(config)
         self.encoder = Encoder(config)
         self.pooler = Pooler(config)
+        self.layers_compiled = False
+
+    def compile_layers(self) -> None:
+        """Compile every encoder layer in place (see `ModelConfig.compile`): done at the first forward with
+        `config.compile` set, so a switch set after construction (`model_overrides` on a loaded model) counts."""
+        for layer in self.encoder.layers:
+            layer.compile(options=COMPILE_OPTIONS)
+        self.layers_compiled = True
 
     def forward(
         self,
@@ -292,6 +421,8 @@ class SqueezeBertModel(nn.Module):
         if attention_mask is not None:
             # Keys that are padding get no attention; a boolean mask lets SDPA pick a fused kernel.
             mask = attention_mask.bool()[:, None, None, :]  # [N, 1, 1, W]
+        if self.config.compile and not self.layers_compiled:
+            self.compile_layers()
         # Without gradients (evaluation, inference) there is no backward pass to recompute for.
         recompute = self.config.gradient_checkpointing and self.training and torch.is_grad_enabled()
         for layer in self.encoder.layers:

@@ -34,6 +34,8 @@ from .pretraining_model import SqueezeBertForPretraining
 
 MODEL_CONFIG_FILE = "model_config.json"
 WEIGHTS_FILE = "model.safetensors"
+# transformers' own keys only: the runtime switches of ModelConfig (gradient_checkpointing, compile) change no
+# weight and stay in the project's model config.
 TRANSFORMERS_CONFIG_KEYS = [
     "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
     "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings", "type_vocab_size",

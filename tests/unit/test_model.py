@@ -1,14 +1,29 @@
-"""The model against transformers' SqueezeBERT: parity, masks, gradients, export/import, FLOPs; checkpointing."""
+"""The model against transformers' SqueezeBERT: parity, masks, gradients, export/import, FLOPs; checkpointing;
+the grouped GEMMs against plain convolutions; the compiled model."""
 
 import dataclasses
+import types
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import SqueezeBertConfig, SqueezeBertForMaskedLM, SqueezeBertForSequenceClassification
 
-from pretrain.model import ConfigError, ModelConfig, count_parameters, flops_per_token, step_flops
+from pretrain.model import (
+    ConfigError,
+    GroupedPointwise,
+    ModelConfig,
+    SelfAttention,
+    attention,
+    count_parameters,
+    flops_per_token,
+    fuses_qkv,
+    grouped_pointwise,
+    step_flops,
+)
 from pretrain.model_files import (
     export_headless,
     import_transformers,
@@ -189,7 +204,7 @@ def test_step_flops_counts_real_lengths_and_masked_tokens_only():
 
 
 def test_cpu_training_attention_path_is_sdpa_arithmetic():
-    from pretrain.model import attention, dropout_keep_mask
+    from pretrain.model import dropout_keep_mask
 
     generator = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 3, 10, 8, generator=generator) for _ in range(3))
@@ -198,7 +213,7 @@ def test_cpu_training_attention_path_is_sdpa_arithmetic():
     reference = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     tiny_p = 1e-9  # takes the training path but keeps every element
     assert torch.allclose(attention(q, k, v, mask, tiny_p, training=True), reference * (1 / (1 - tiny_p)), atol=1e-6)
-    keep = dropout_keep_mask(torch.Size([400, 1000]), 0.1, torch.device("cpu"))
+    keep = dropout_keep_mask(torch.empty(400, 1000), 0.1)
     assert abs(keep.float().mean().item() - 0.9) < 0.003
 
 
@@ -290,3 +305,198 @@ def test_an_mlm_only_model_has_no_sop_head_and_its_loss_is_the_mlm_loss():
     labels[:, 3] = ids[:, 3]
     output = model(ids, torch.ones_like(ids), torch.zeros_like(ids), labels, torch.zeros(2, dtype=torch.long))
     assert output.sop_logits is None and output.sop_loss.item() == 0 and torch.equal(output.loss, output.mlm_loss)
+
+
+# The grouped GEMMs (issue 17) against transformers' formulation: nn.Conv1d's arithmetic on [N, C, W].
+
+
+def conv_pointwise(module: GroupedPointwise, x: torch.Tensor) -> torch.Tensor:
+    """The reference: a grouped 1x1 convolution on [N, C, W], as transformers runs it."""
+    return F.conv1d(x.transpose(1, 2), module.weight, module.bias, groups=module.groups).transpose(1, 2)
+
+
+def conv_self_attention(module: SelfAttention, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """The reference: three convolutions, heads split as transformers splits them, the same `attention`."""
+    n, w, c = x.shape
+
+    def heads(t: torch.Tensor) -> torch.Tensor:  # [N, W, C] -> [N, H, W, C/H]
+        return t.reshape(n, w, module.heads, c // module.heads).permute(0, 2, 1, 3)
+
+    q, k, v = (heads(conv_pointwise(part, x)) for part in (module.query, module.key, module.value))
+    context = attention(q, k, v, mask, module.dropout_prob, module.training)
+    return context.permute(0, 2, 1, 3).reshape(n, w, c)
+
+
+def with_convolutions(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` with every grouped pointwise layer and attention running the reference formulation."""
+    for module in model.modules():
+        if isinstance(module, GroupedPointwise):
+            module.forward = types.MethodType(conv_pointwise, module)
+        elif isinstance(module, SelfAttention):
+            module.forward = types.MethodType(conv_self_attention, module)
+    return model
+
+
+def assert_gradients_close(gradients: dict, expected: dict, rtol: float = 1e-4) -> None:
+    """Every gradient within rtol of the largest gradient (the key bias's is zero up to rounding: softmax does
+    not see a shift shared by every key, so an elementwise relative test would compare rounding noise)."""
+    assert gradients.keys() == expected.keys()
+    scale = max(g.abs().max().item() for g in expected.values())
+    for name, gradient in expected.items():
+        assert (gradients[name] - gradient).abs().max().item() <= rtol * scale, name
+
+
+GROUPINGS = {  # (q, k, v groups), heads: which attention path each takes
+    "fused, grouped": ((4, 4, 4), 4),  # head size 24 = C/g: one head per group
+    "fused, one group": ((1, 1, 1), 4),  # one GEMM of width 3C
+    "fused, heads per group": ((2, 2, 2), 4),  # two heads per group
+    "separate, groups differ": ((4, 2, 1), 4),
+    "separate, a head straddles groups": ((4, 4, 4), 2),  # head size 48, group width 24
+}
+
+
+@pytest.mark.parametrize("grouping", GROUPINGS)
+def test_fused_qkv_and_copy_free_gemms_match_convolutions(grouping):
+    """A training step (dropout on, the same masks) of this model against the same weights run as transformers
+    runs them: the same loss and gradients, for every grouping of q, k and v."""
+    (q, k, v), heads = GROUPINGS[grouping]
+    config = dataclasses.replace(SMALL, q_groups=q, k_groups=k, v_groups=v, num_attention_heads=heads)
+    assert fuses_qkv(config) == grouping.startswith("fused")
+    torch.manual_seed(0)
+    model = SqueezeBertForPretraining(config).train()
+    reference = with_convolutions(SqueezeBertForPretraining(config).train())
+    reference.load_state_dict(model.state_dict())
+    batch = random_batch(config, n=2, w=32)
+    results = []
+    for candidate in (model, reference):
+        torch.manual_seed(7)  # the dropout masks: both draw them in the same order
+        loss = candidate(*batch).loss
+        loss.backward()
+        results.append((loss.detach(), {name: p.grad for name, p in candidate.named_parameters()}))
+    (loss, gradients), (expected_loss, expected_gradients) = results
+    assert torch.allclose(loss, expected_loss, rtol=1e-6, atol=0)
+    assert_gradients_close(gradients, expected_gradients)
+
+
+class CopyRecorder(TorchDispatchMode):
+    """The aten ops that write a copy of a tensor, with its number of elements, as dispatched (an op's own
+    internals are not seen)."""
+
+    COPIES = {"aten.clone.default", "aten.copy_.default", "aten._unsafe_view.default", "aten.contiguous.default"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.copies: list[tuple[str, int]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func) in self.COPIES:
+            self.copies.append((str(func), args[0].numel()))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+def test_grouped_pointwise_copies_no_activation_and_matches_conv1d(groups):
+    torch.manual_seed(0)
+    module = GroupedPointwise(32, 64, groups)
+    torch.nn.init.normal_(module.weight)
+    torch.nn.init.normal_(module.bias)
+    x = torch.randn(4, 100, 32, requires_grad=True)  # activations of 12800 and 25600 elements
+    upstream = torch.randn(4, 100, 64)
+    recorder = CopyRecorder()
+    with recorder:
+        out = module(x)
+        out.backward(upstream)
+    # Neither the output nor a gradient changed layout; the weight's gradient ([g, c_in/g, c_out/g] from the
+    # GEMM) is transposed, a copy of at most 2048 elements.
+    assert all(numel <= module.weight.numel() for _, numel in recorder.copies), recorder.copies
+    assert out.is_contiguous() and out.shape == (4, 100, 64)
+    gradients = [x.grad, module.weight.grad, module.bias.grad]
+    for tensor in (x, module.weight, module.bias):
+        tensor.grad = None
+    expected = conv_pointwise(module, x)
+    expected.backward(upstream)
+    assert torch.allclose(out, expected, atol=1e-4)
+    for gradient, tensor in zip(gradients, (x, module.weight, module.bias)):
+        assert gradient.shape == tensor.shape and torch.allclose(gradient, tensor.grad, rtol=1e-5, atol=1e-3)
+
+
+def test_grouped_pointwise_under_autocast_computes_in_bf16_and_returns_fp32_gradients():
+    torch.manual_seed(0)
+    weight = torch.randn(64, 8, requires_grad=True)
+    bias = torch.randn(64, requires_grad=True)
+    x = torch.randn(2, 5, 32, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = grouped_pointwise(x, weight, bias, 4)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert (x.grad.dtype, weight.grad.dtype, bias.grad.dtype) == (torch.float32,) * 3
+    expected = F.conv1d(x.detach().transpose(1, 2), weight.detach()[..., None], bias.detach(), groups=4)
+    assert torch.allclose(out.float(), expected.transpose(1, 2), rtol=0.02, atol=0.1)
+
+
+def test_fused_qkv_keeps_transformers_parameter_names_and_shapes():
+    ours = SqueezeBertForPretraining(SMALL).state_dict()
+    theirs = hf_model(SMALL).state_dict()
+    tied = {"cls.predictions.decoder.weight", "cls.predictions.decoder.bias"}
+    assert {k: v.shape for k, v in ours.items() if not k.startswith("sop_classifier.")} == {
+        k: v.shape for k, v in theirs.items() if k not in tied}
+    assert ours["transformer.encoder.layers.0.attention.query.weight"].shape == (96, 24, 1)  # [C, C/g, 1]
+
+
+# The compiled model (`ModelConfig.compile`): small, since compiling costs tens of seconds on two cores.
+
+
+def compiled_training_step(config: ModelConfig, model: SqueezeBertForPretraining, seed: int = 7):
+    batch = random_batch(config, n=2, w=32)
+    torch.manual_seed(seed)  # the dropout masks, as the trainer seeds every micro-step
+    model.zero_grad(set_to_none=True)
+    loss = model(*batch).loss
+    loss.backward()
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+def test_compiled_layers_keep_the_state_dict_draw_eagers_masks_and_repeat_exactly():
+    config = dataclasses.replace(SMALL, compile=True)
+    torch.manual_seed(0)
+    compiled = SqueezeBertForPretraining(config).train()
+    eager = SqueezeBertForPretraining(SMALL).train()
+    eager.load_state_dict(compiled.state_dict())
+    keys = list(compiled.state_dict())
+    loss, gradients = compiled_training_step(config, compiled)
+    assert compiled.transformer.layers_compiled and list(compiled.state_dict()) == keys  # no `_orig_mod.`
+    eager_loss, eager_gradients = compiled_training_step(SMALL, eager)
+    # Dropout on: the compiled layers drew the same masks; only the fused kernels' rounding differs.
+    assert torch.allclose(loss, eager_loss, rtol=1e-5, atol=0)
+    assert_gradients_close(gradients, eager_gradients)
+    again_loss, again_gradients = compiled_training_step(config, compiled)  # same seed, same result, bitwise
+    assert torch.equal(again_loss, loss)
+    assert all(torch.equal(again_gradients[name], gradient) for name, gradient in gradients.items())
+    other_loss, _ = compiled_training_step(config, compiled, seed=8)
+    assert not torch.equal(other_loss, loss)  # dropout is on: equal masks were what made them equal
+    checkpointed = SqueezeBertForPretraining(dataclasses.replace(config, gradient_checkpointing=True)).train()
+    checkpointed.load_state_dict(compiled.state_dict())
+    counts = count_layer_forwards(checkpointed)
+    checkpointed_loss, checkpointed_gradients = compiled_training_step(config, checkpointed)
+    assert counts == [2, 2]  # recomputed in the backward pass, with the same masks and kernels
+    assert torch.equal(checkpointed_loss, loss)
+    assert all(torch.equal(checkpointed_gradients[name], gradient) for name, gradient in gradients.items())
+
+
+def test_compile_key_is_a_runtime_switch(tmp_path):
+    from pretrain.config import RunConfig
+    from pretrain.trainer import build_model
+
+    old = {k: v for k, v in SMALL.to_dict().items() if k != "compile"}  # a model folder from before the key
+    assert ModelConfig.from_dict(old).compile is False
+    on = dataclasses.replace(SMALL, compile=True)
+    assert "compile" not in transformers_config(on)
+    assert ModelConfig.from_dict(on.to_dict()) == on
+    model = SqueezeBertForPretraining(on)
+    save_model_folder(model, str(tmp_path / "folder"))  # the weights of a compiled model are the eager model's
+    assert load_model_folder(str(tmp_path / "folder")).config.compile is True
+    export_headless(model, str(tmp_path / "export"))
+    assert SqueezeBertForMaskedLM.from_pretrained(str(tmp_path / "export")) is not None
+    built = build_model(RunConfig(model="squeezebert-tiny", model_overrides={"compile": True}))
+    assert built.transformer.config.compile is True
+    with pytest.raises(ConfigError, match="model.compile 'yes': must be true or false"):
+        build_model(RunConfig(model="squeezebert-tiny", model_overrides={"compile": "yes"}))
