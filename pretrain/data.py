@@ -333,3 +333,21 @@ class MicroBatches(torch.utils.data.Dataset):
         step, micro_step = divmod(item, self.accumulation)
         return self.batcher(rank_slice(self.start_step + step, micro_step, self.global_batch, self.micro_batch,
                                        self.rank, self.world_size))
+
+
+LOADER_WORKERS = 2  # each builds whole steps, alternately
+STEPS_AHEAD_PER_WORKER = 2  # so up to 4 steps are ready while the device computes one
+
+
+def step_loader(dataset: MicroBatches, pin_memory: bool, worker_init_fn=None) -> torch.utils.data.DataLoader:
+    """Yields, per optimizer step, the list of this rank's `accumulation` micro-batches of that step, built in
+    background workers several steps ahead. A step needs all its micro-batches before its first forward (the
+    loss is normalized by the step's masked-token count), so the unit of prefetch is the step: a loader of
+    single micro-batches with a few in flight left the device idle at every step start while the rest of the
+    step was built. Pinned (on CUDA) so each copy to the device runs without the host waiting for it."""
+    steps = [range(step * dataset.accumulation, (step + 1) * dataset.accumulation)
+             for step in range(len(dataset) // dataset.accumulation)]
+    return torch.utils.data.DataLoader(dataset, batch_sampler=steps, collate_fn=list, num_workers=LOADER_WORKERS,
+                                       prefetch_factor=STEPS_AHEAD_PER_WORKER, persistent_workers=False,
+                                       pin_memory=pin_memory, worker_init_fn=worker_init_fn)
+

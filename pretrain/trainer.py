@@ -37,7 +37,7 @@ from formats.layout import vocab_beside
 
 from .checkpoint import MODEL_CONFIG_KEY, VOCAB_DIR_KEY, Checkpointer, CheckpointError
 from .config import RunConfig, RunConfigError, deepspeed_config, gradient_accumulation
-from .data import Batcher, MaskingConfig, MicroBatches, ShardSet
+from .data import Batcher, MaskingConfig, MicroBatches, ShardSet, step_loader
 from .distributed import (
     Preemption,
     device_vector,
@@ -318,18 +318,16 @@ class Trainer:
             self.optimizer.state.clear()
         dataset = MicroBatches(batcher, phase.global_batch, phase.micro_batch, self.rank, self.world_size,
                                self.state.step_in_phase, phase.steps)
-        # Pinned host memory lets each micro-batch's copy to the GPU run without the host waiting for it.
-        loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=1, prefetch_factor=4,
-                                             persistent_workers=False, pin_memory=self.device.type == "cuda",
-                                             worker_init_fn=leave_signals_to_the_main_process)
-        batches = iter(loader)
+        loader = step_loader(dataset, pin_memory=self.device.type == "cuda",
+                             worker_init_fn=leave_signals_to_the_main_process)
+        steps = iter(loader)
         self.metrics.start_phase(phase, self.state.step_in_phase)
         budget = config.max_steps_this_run
         while self.state.step_in_phase < phase.steps:
             lr = learning_rate(phase, self.state.step_in_phase)
             set_learning_rate(self.optimizer, lr)
             waited = time.perf_counter()
-            micro_batches = [next(batches) for _ in range(accumulation)]
+            micro_batches = next(steps)  # built ahead by the loader's workers
             computed = time.perf_counter()
             metrics = self.train_step(micro_batches, phase, accumulation)
             # Where a step's time goes: waiting on the loader (0 when it keeps ahead) and the step itself.

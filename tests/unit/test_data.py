@@ -1,13 +1,14 @@
 """Shard reading, epoch order and dynamic masking of the training data."""
 
 import os
+import time
 
 import numpy as np
 import pytest
 import torch
 
 from formats.errors import FormatError
-from pretrain.data import Batcher, DataError, MaskingConfig, MicroBatches, ShardSet, rank_slice
+from pretrain.data import Batcher, DataError, MaskingConfig, MicroBatches, ShardSet, rank_slice, step_loader
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +186,39 @@ def test_loader_workers_do_not_change_batches(shards):
     loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=2, prefetch_factor=2)
     for expected, got in zip(plain, loader):
         assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+class RecordedMicroBatches(MicroBatches):
+    """Appends one line per micro-batch built (in whichever loader worker builds it) to `log`."""
+
+    log = ""
+
+    def __getitem__(self, item):
+        batch = super().__getitem__(item)
+        with open(self.log, "a") as handle:
+            handle.write(f"{item}\n")
+        return batch
+
+
+def test_the_next_steps_are_built_whole_while_the_device_computes_a_step(shards, tmp_path):
+    """While step 0 is computed (the test holds it and waits), the loader's workers build every micro-batch of
+    the following steps. The loader this replaced (single micro-batches, one worker, 4 in flight) built 4 of step
+    1's 8, so the device waited at the start of every step for the rest to be built."""
+    batcher = Batcher(shards, seed=1, masking=MaskingConfig())
+    dataset = RecordedMicroBatches(batcher, global_batch=32, micro_batch=4, rank=0, world_size=1, start_step=0,
+                                   total_steps=6)
+    dataset.log = str(tmp_path / "built")
+    steps = iter(step_loader(dataset, pin_memory=False))
+    first = next(steps)
+    assert len(first) == dataset.accumulation == 8
+    assert all(torch.equal(first[3][key], dataset[3][key]) for key in first[3])
+    deadline = time.monotonic() + 60
+    built = set()
+    while time.monotonic() < deadline and not set(range(8, 24)) <= built:  # steps 1 and 2, whole
+        time.sleep(0.05)
+        built = {int(line) for line in open(dataset.log).read().split()}
+    assert set(range(8, 24)) <= built, sorted(built)
+    assert [len(step) for step in steps] == [8] * 5
 
 
 def test_bad_data_settings(shards, tmp_path):
