@@ -209,6 +209,13 @@ class RunConfig:
     precision: str = "auto"
     """auto | fp32 | bf16 | fp16. auto: bf16 on GPUs with native bf16, fp16 with loss scaling on other GPUs,
     fp32 on CPUs. Weights, gradients and LAMB's state are fp32 in every mode (see `pretrain.precision`)."""
+    determinism: str = "default"
+    """default | strict. The data, masks and dropout seeds are functions of (seed, indices) in both. On CPUs
+    every kernel is deterministic, so both modes give the same bytes. On GPUs `default` lets cuBLAS and
+    SDPA's memory-efficient attention (its backward sums with atomics) vary in the last bits from run to run;
+    `strict` sets `torch.use_deterministic_algorithms` (an op without a deterministic kernel is an error),
+    CUBLAS_WORKSPACE_CONFIG=:4096:8 and SDPA's math kernel (deterministic backward, more memory and time),
+    so a rerun or an exact resume gives the same bytes on the same GPUs and ranks."""
     max_steps_this_run: int = 0
     """Stop (save, exit 75 as on preemption) after this many optimizer steps in this invocation (0 = no
     limit): fixed slices of a schedule for clusters that run chains of short jobs."""
@@ -230,6 +237,8 @@ class RunConfig:
             phase.validate(f"phases.{index}")
         if self.max_steps_this_run < 0 or self.distributed_timeout_minutes <= 0:
             raise RunConfigError("max_steps_this_run must be >= 0 and distributed_timeout_minutes > 0")
+        if self.determinism not in DETERMINISM:
+            raise RunConfigError(f"determinism = {self.determinism!r}: choose one of {DETERMINISM}")
         if self.objective not in OBJECTIVES:
             raise RunConfigError(f"objective = {self.objective!r}: choose one of {OBJECTIVES}")
         from .precision import PRECISIONS
@@ -257,6 +266,7 @@ def gradient_accumulation(phase: PhaseConfig, world_size: int, where: str = "pha
 
 
 OBJECTIVES = ("mlm+sop", "mlm")
+DETERMINISM = ("default", "strict")
 LOGGING_BACKENDS = ("tensorboard", "wandb", "mlflow")
 NESTED = {"optimizer": OptimizerConfig, "masking": MaskingSettings, "checkpoint": CheckpointConfig,
           "logging": LoggingConfig}

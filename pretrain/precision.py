@@ -17,6 +17,7 @@ non-finite check, which it needs anyway.
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import asdict, dataclass
 
 import torch
@@ -72,6 +73,29 @@ def resolve_on_every_rank(requested: str, device: torch.device) -> str:
         choices = [None] * dist.get_world_size()
         dist.all_gather_object(choices, mine)
     return common_precision(choices)
+
+
+def make_deterministic(mode: str) -> None:
+    """`determinism = "strict"` (see the config key): call before the first CUDA matmul of the process, since
+    cuBLAS reads its workspace setting when it creates its handle."""
+    if mode != "strict":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's documented deterministic setting
+    torch.use_deterministic_algorithms(True)  # an op with no deterministic kernel raises instead of varying
+    torch.backends.cudnn.benchmark = False
+
+
+def compute_context(device: torch.device, precision: str, determinism: str = "default"):
+    """The forward's context: autocast (below), and in strict mode SDPA's math kernel, whose backward is
+    deterministic. With a boolean mask FlashAttention is ruled out and SDPA would take the memory-efficient
+    kernel, whose backward accumulates with atomics."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(autocast(device, precision))
+    if determinism == "strict":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+    return stack
 
 
 def autocast(device: torch.device, precision: str):

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .model import ModelConfig, SqueezeBertModel, init_weights
-from .precision import autocast
+from .precision import compute_context
 
 IGNORE_INDEX = -100  # transformers' label for "not masked": the one constant of the project
 
@@ -75,14 +75,15 @@ class SqueezeBertForPretraining(nn.Module):
         self.cls = OnlyMLMHead(config, self.transformer.embeddings.word_embeddings)
         self.sop_classifier = nn.Linear(config.hidden_size, 2) if sop else None
         init_weights(self, config.initializer_range)
-        self.compute = (torch.device("cpu"), "fp32")  # where and in what the forward computes: see `run_in`
+        self.compute = (torch.device("cpu"), "fp32", "default")  # how the forward computes: see `run_in`
 
-    def run_in(self, device: torch.device, precision: str) -> None:
+    def run_in(self, device: torch.device, precision: str, determinism: str = "default") -> None:
         """Autocast to bf16/fp16 entered by the forward itself, inside whatever wraps the model. DeepSpeed's
         `engine.forward` re-enters autocast *disabled* on CUDA (it asks `torch.is_autocast_enabled()`, the CUDA
         flag, and has no `torch_autocast` section), so an autocast around the engine never reaches a GPU's
-        model; one entered here does, and the backward replays its casts."""
-        self.compute = (device, precision)
+        model; one entered here does, and the backward replays its casts. `determinism = "strict"` also picks
+        SDPA's deterministic kernel here (`pretrain.precision.compute_context`)."""
+        self.compute = (device, precision, determinism)
 
     def remove_sop_head(self) -> None:
         """MLM-only training from weights that came with a SOP head (init_from)."""
@@ -108,7 +109,7 @@ class SqueezeBertForPretraining(nn.Module):
         sop_labels: torch.Tensor,  # [N], 1 = segments swapped
         mlm_positions: torch.Tensor | None = None,  # [masked tokens], flat indices of the masked positions
     ) -> PretrainingOutput:
-        with autocast(*self.compute):
+        with compute_context(*self.compute):
             return self._forward(input_ids, attention_mask, token_type_ids, mlm_labels, sop_labels, mlm_positions)
 
     def _forward(self, input_ids, attention_mask, token_type_ids, mlm_labels, sop_labels,

@@ -52,7 +52,7 @@ from .log_backends import check as check_log_backends
 from .metrics import Metrics
 from .model import ModelConfig
 from .optim import build_lamb, learning_rate, set_learning_rate
-from .precision import DynamicLossScale, resolve_on_every_rank
+from .precision import DynamicLossScale, make_deterministic, resolve_on_every_rank
 from .pretraining_model import SqueezeBertForPretraining
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: saved after SIGTERM/SIGUSR1; requeue and rerun the same command
@@ -179,6 +179,7 @@ class Trainer:
         import deepspeed
 
         self.config = config
+        make_deterministic(config.determinism)  # before the process's first CUDA work
         self.rank, self.world_size = setup_distributed(config.distributed_timeout_minutes)
         for index, phase in enumerate(config.phases):  # a bad batch split fails before any compute
             gradient_accumulation(phase, self.world_size, f"phases.{index}")
@@ -198,7 +199,8 @@ class Trainer:
             raise RuntimeError("DeepSpeed wrapped the LAMB optimizer; this DeepSpeed version is not supported")
         self.device = self.engine.device
         self.precision = resolve_on_every_rank(config.precision, self.device)
-        self.model.run_in(self.device, self.precision)  # autocast inside the engine, where it cannot be undone
+        # autocast (and strict determinism) inside the engine, where DeepSpeed cannot undo it
+        self.model.run_in(self.device, self.precision, config.determinism)
         self.loss_scale = None
         if self.precision == "fp16":
             self.loss_scale = DynamicLossScale(config.optimizer.initial_loss_scale,

@@ -97,6 +97,17 @@ def test_exact_resume_after_sigkill(reference, shard_root, tmp_path):
     assert_same_run(reference, str(tmp_path))
 
 
+def test_strict_determinism_sets_torchs_switches_and_changes_nothing_on_a_cpu(reference, shard_root, tmp_path):
+    """On a CPU every kernel is deterministic already: the strict run is the default run, bit for bit. What it
+    changes on a GPU (cuBLAS's workspace, SDPA's kernel) is set in the process, as checked here."""
+    command = train_command(shard_root, 'determinism="strict"', launcher=(sys.executable,))
+    probe = ("import os, sys, torch; from pretrain.__main__ import main; code = main(sys.argv[1:]); "
+             "print(code, torch.are_deterministic_algorithms_enabled(), os.environ.get('CUBLAS_WORKSPACE_CONFIG'))")
+    result = run([sys.executable, "-c", probe, *command[command.index("train"):]], tmp_path)
+    assert result.stdout.splitlines()[-1] == "0 True :4096:8"
+    assert_same_run(reference, str(tmp_path))
+
+
 def test_sigterm_saves_and_exits_with_the_requeue_code(reference, shard_root, tmp_path):
     command = train_command(shard_root)
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

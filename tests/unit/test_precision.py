@@ -43,6 +43,30 @@ def test_ranks_agree_on_one_precision_or_all_raise_the_same_error():
         common_precision(["bf16", refused])
 
 
+@pytest.mark.parametrize("determinism, kernels",
+                         [("strict", {"math"}), ("default", {"math", "flash", "efficient", "cudnn"})])
+def test_strict_determinism_leaves_sdpa_only_its_math_kernel(monkeypatch, determinism, kernels):
+    """The kernels SDPA may choose from while the model's forward runs: on CUDA, with a boolean mask, the choice
+    would be the memory-efficient kernel, whose backward is not deterministic."""
+    import torch.nn.functional as F
+
+    allowed = []
+    sdpa = F.scaled_dot_product_attention
+
+    def recording_sdpa(*args, **kwargs):
+        switches = {"math": torch.backends.cuda.math_sdp_enabled(), "flash": torch.backends.cuda.flash_sdp_enabled(),
+                    "efficient": torch.backends.cuda.mem_efficient_sdp_enabled(),
+                    "cudnn": torch.backends.cuda.cudnn_sdp_enabled()}
+        allowed.append({name for name, on in switches.items() if on})
+        return sdpa(*args, **kwargs)
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording_sdpa)
+    config = ModelConfig.preset("squeezebert-tiny")
+    model = SqueezeBertForPretraining(config).eval()  # SDPA is the attention on every device in evaluation
+    model.run_in(torch.device("cpu"), "fp32", determinism)
+    model(*random_batch(config, n=2, w=16))
+    assert allowed and all(seen == kernels for seen in allowed), allowed
+
+
 def test_fp32_autocast_is_no_autocast():
     config = ModelConfig.preset("squeezebert-tiny")
     model = SqueezeBertForPretraining(config)
