@@ -24,6 +24,19 @@ def run_cli(*args, check=True, env=None, **kwargs):
     return result
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `gpu` need a CUDA device: without one they are skipped, and `-rs` says why."""
+    gpu_tests = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_tests:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA device: torch.cuda.is_available() is False here")
+        for item in gpu_tests:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def small_corpus():
     """Two real WikiExtractor files (21 articles, 580 kB), committed with the tests."""
