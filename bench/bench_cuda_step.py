@@ -351,6 +351,13 @@ def build_variant(variant: str, config, device: torch.device):
 
     torch.manual_seed(0)
     how = "eager"
+    determinism = "default"
+    if variant == "ours_strict":  # process-wide switches: a part of its own
+        from pretrain.precision import make_deterministic
+
+        determinism = "strict"
+        make_deterministic(determinism)
+        how = "determinism strict"
     if variant == "ours_compiled":
         compiled, how = compiled_config(config)
         model = SqueezeBertForPretraining(compiled or config)
@@ -380,7 +387,7 @@ def build_variant(variant: str, config, device: torch.device):
 
     model = model.to(device).train()
     if hasattr(model, "run_in"):  # the model enters its own autocast (see pretrain.pretraining_model)
-        model.run_in(device, "bf16")
+        model.run_in(device, "bf16", determinism)
     optimizer = build_lamb(model, OptimizerConfig(), lr=LEARNING_RATE)
 
     def step(batch):
@@ -389,6 +396,7 @@ def build_variant(variant: str, config, device: torch.device):
             output = model(**batch)
         output.loss.backward()
         optimizer.step()
+    step.model_parameters = model.parameters
     return step, f"LAMB (reference), bf16 autocast, {how}"
 
 
@@ -405,7 +413,8 @@ def make_batch(config, batch_size: int, seq_len: int, device: torch.device) -> t
     return {key: value.to(device) for key, value in batch.items()}, masked
 
 
-VARIANT_NAMES = {"ours": "ours", "ours_compiled": "ours, compiled", "transformers": "transformers"}
+VARIANT_NAMES = {"ours": "ours", "ours_compiled": "ours, compiled", "ours_strict": "ours, strict",
+                 "transformers": "transformers"}
 
 
 def model_steps(ctx, preset: str, shapes: list, variants: list, warmup: int, steps: int) -> None:
@@ -504,5 +513,32 @@ def finetune(ctx, preset: str, bench_args: list, tiny_bert: bool) -> None:
                 * train["samples_per_s"], note=note)
 
 
+def reruns(ctx, preset: str, batch: int, seq_len: int, steps: int) -> None:
+    """Are two runs from the same seed bit-identical? `steps` steps of the project's step (bf16, dropout on,
+    reseeded per step as the trainer does), twice, with `determinism` default and then strict (strict's switches
+    are process-wide, so it comes second); the rows say yes or no and how far apart the parameters ended."""
+    import hashlib
+
+    from pretrain.model import ModelConfig
+
+    config = ModelConfig.preset(preset)
+    batch_dict, _ = make_batch(config, batch, seq_len, ctx.device)
+    for mode in ("default", "strict"):
+        finals = []
+        for _ in range(2):
+            step, how = build_variant("ours" if mode == "default" else "ours_strict", config, ctx.device)
+            for index in range(steps):
+                torch.manual_seed(index)
+                step(batch_dict)
+            parameters = step.model_parameters()
+            finals.append(torch.cat([p.detach().float().reshape(-1).cpu() for p in parameters]))
+            step = None
+        digests = [hashlib.sha256(final.numpy().tobytes()).hexdigest()[:12] for final in finals]
+        largest = float((finals[0] - finals[1]).abs().max())
+        ctx.figures[mode] = {"identical": digests[0] == digests[1], "max_abs_difference": largest, "sha256": digests}
+        ctx.row(f"reruns bit-identical, determinism {mode}", shape=f"{batch}x{seq_len}, {steps} steps",
+                note=f"{'yes' if digests[0] == digests[1] else 'no'}: max |difference| {largest:.3g}")
+
+
 TASKS = {"environment": environment, "trainer_check": trainer_check, "trainer_steps": trainer_steps,
-         "model_steps": model_steps, "finetune": finetune}
+         "model_steps": model_steps, "finetune": finetune, "reruns": reruns}

@@ -16,6 +16,8 @@ first. Parts, in this order (the most telling first, so a budget cut falls on th
                   SOP head with fused AdamW; samples/s, MFU, peak memory
   finetune        bench/bench_finetune.py on an export of squeezebert-base against BERT-base, bf16, CUDA
   trainer_steps   the real Trainer's step at 128x128, squeezebert-base: what a run gets, engine included
+  determinism     whether two runs from one seed end bit-identical with `determinism` default and strict, and
+                  the strict step's time beside the default's (steps_eager)
   compile_*       the project's step with the encoder layers compiled, one process per shape
 See bench/bench_cuda_step.py for what each measures. Each part runs in its own process under its own time
 budget: a part that fails or overruns is a FAILED row with its one-line reason (what it measured before is
@@ -83,6 +85,8 @@ def plan(dry_run: bool) -> list[Part]:
         Part("steps_eager", 90, [("model_steps", {**timing, "shapes": shapes, "variants": ["ours", "transformers"]})]),
         Part("finetune", 90, [("finetune", {"preset": preset, "tiny_bert": dry_run, "bench_args": finetune_args})]),
         Part("trainer_steps", 75, [("trainer_steps", {**timing, "batch": trainer_batch, "seq_len": 128})]),
+        Part("determinism", 75, [("reruns", {"preset": preset, "batch": shapes[0][0] // 4, "seq_len": 128, "steps": 3}),
+                                 ("model_steps", {**timing, "shapes": shapes, "variants": ["ours_strict"]})]),
         *(Part(f"compile_{batch}x{length}", 100, [("model_steps", {**timing, "shapes": [(batch, length)],
                                                                    "variants": ["ours_compiled"]})], skip=no_compile)
           for batch, length in shapes),

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import ROOT
 
-PARTS = ("environment", "trainer_check", "steps_eager", "finetune", "trainer_steps", "compile_4x128",
+PARTS = ("environment", "trainer_check", "steps_eager", "finetune", "trainer_steps", "determinism", "compile_4x128",
          "compile_2x512")
 
 
@@ -40,8 +40,8 @@ def test_the_report_holds_every_part_and_figure(dry_run):
     assert report["schema"] == 1 and report["dry_run"] is True and report["gpu"] is None
     assert report["torch"] and report["environment"]["gemm_bf16_flops"] > 0
     assert tuple(report["parts"]) == PARTS
-    assert {name for name, part in report["parts"].items() if part["status"] == "ok"} == set(PARTS[:5])
-    assert all(report["parts"][name]["status"] == "skipped" for name in PARTS[5:])
+    assert {name for name, part in report["parts"].items() if part["status"] == "ok"} == set(PARTS[:6])
+    assert all(report["parts"][name]["status"] == "skipped" for name in PARTS[6:])
     assert report["failed"] == 0
     for row in report["rows"]:
         assert {"part", "measurement", "status", "note"} <= set(row) and row["status"] in ("ok", "skipped")
@@ -50,7 +50,9 @@ def test_the_report_holds_every_part_and_figure(dry_run):
         for variant in ("ours", "transformers"):
             assert steps[shape][variant]["samples_per_s"] > 0 and steps[shape][variant]["flops_per_step"] > 0
     timed = [row for row in report["rows"] if row.get("samples_per_s")]
-    assert {row["part"] for row in timed} == {"steps_eager", "finetune", "trainer_steps"}
+    assert {row["part"] for row in timed} == {"steps_eager", "finetune", "trainer_steps", "determinism"}
+    reruns = report["parts"]["determinism"]["figures"]["reruns"]
+    assert reruns["strict"]["identical"] and reruns["default"]["identical"]  # a CPU: both modes
     assert all(row["mfu_gemm"] > 0 for row in timed if row["part"] != "finetune")
     check = report["parts"]["trainer_check"]["figures"]["trainer_check"]
     assert check["logits_dtypes"] == ["torch.bfloat16"]
