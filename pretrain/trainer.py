@@ -88,7 +88,7 @@ class TrainerState:
             setattr(self, key, values[key])
 
 
-RUNTIME_MODEL_FIELDS = ("gradient_checkpointing",)
+RUNTIME_MODEL_FIELDS = ("gradient_checkpointing", "compile")
 
 
 def build_model(config: RunConfig) -> SqueezeBertForPretraining:

@@ -83,7 +83,11 @@ def test_a_rank_that_fails_between_collectives_ends_every_rank_with_its_line_wit
            "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     ranks = [subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}) for rank in (0, 1)]
-    outputs = [rank.communicate(timeout=120) for rank in ranks]
+    try:
+        outputs = [rank.communicate(timeout=120) for rank in ranks]
+    finally:  # a rank left waiting would outlive the test
+        for rank in ranks:
+            rank.kill()
     lines = [stderr.strip().splitlines()[-1] for _, stderr in outputs]
     assert [rank.returncode for rank in ranks] == [1, 1], outputs[0][1][-3000:]
     assert lines[0] == lines[1] == "pretrain: error: rank 1 failed: RuntimeError: injected fault on rank 1 at step 3"
