@@ -77,12 +77,13 @@ class ModelConfig:
     # and the parity with transformers are unchanged. Kept (tested on CPU): the same seed gives the same losses
     # and gradients bit for bit, within a process and across processes (the same kernels are generated, and
     # `COMPILE_OPTIONS` stops inductor choosing kernels by timing), so a resumed run is bit-identical to an
-    # uninterrupted one and every rank runs a micro-batch as any other would; dropout draws eager's masks from
-    # the seeded generator, and activation checkpointing recomputes bit-identically. Dropped: bit equality with
-    # eager (fused kernels round differently: gradients within 1e-4 of their largest in fp32), so switching
-    # compile on or off within a run breaks its bit-identical resume. The first forward of a shape compiles
-    # (15-35 s on 2 CPU cores; a second sequence length compiles one dynamic-shape graph for all later ones).
-    # Needs a C++ compiler on CPU, Triton on CUDA. Not exported to transformers' config.json.
+    # uninterrupted one, and every rank runs a micro-batch with the same kernels; dropout draws eager's masks
+    # from the seeded generator (on CUDA with aten's dropout kernels, not fused ones), and activation
+    # checkpointing recomputes bit-identically. Dropped: bit equality with eager (fused kernels round
+    # differently: gradients within 1e-4 of their largest in fp32), so switching compile on or off within a run
+    # breaks its bit-identical resume. The first forward of a shape compiles (tens of seconds on 2 CPU cores; a
+    # second sequence length compiles one dynamic-shape graph for all later ones). Needs a C++ compiler on CPU,
+    # Triton on CUDA. Not exported to transformers' config.json.
     compile: bool = False
 
     def __post_init__(self) -> None:
