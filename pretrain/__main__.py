@@ -99,7 +99,7 @@ def command_demo(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     from formats.errors import UserError, one_line, os_error_line
 
-    from .distributed import leave_after_error, lost_a_peer, lost_peer_message, post_failure
+    from .distributed import leave_after_error, lost_a_peer, lost_peer_message, post_failure, say
     from .trainer import TrainingDiverged
 
     args = build_parser().parse_args(argv)
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         """Ends this rank with one line; in a run of several ranks every rank ends with the same line and code
         (`distributed.FailureBoard`), including ranks waiting in a collective for this one."""
         line, code = post_failure(line, code)
-        print(line, file=sys.stderr, flush=True)
+        say(line)
         return code
 
     try:

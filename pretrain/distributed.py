@@ -64,7 +64,12 @@ class FailureBoard:
         self.rank, self.world_size = rank, world_size
         # torchrun's agent keeps its store across restarts: a post of an earlier attempt must not end this one
         self.key = f"pretrain/failure/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+        # Under `deepspeed` (env://) rank 0's process holds the store; under torchrun the first node's agent does.
+        self.holds_store = rank == 0 and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
         self.ending = threading.Event()
+        self.said = threading.Lock()  # the line is printed once, by the watch or by the main thread
+        self.announced = False
+        self.last_words = None  # called (at most 5 s) before a watch ends the process: the logs' "failed"
         self.store = self.watch_store = self.thread = None
         if world_size > 1:
             # Clients of their own: a wait blocks its connection, which no other store call may queue behind.
@@ -73,6 +78,29 @@ class FailureBoard:
                               timeout=datetime.timedelta(seconds=60), wait_for_workers=False) for _ in range(2))
             self.thread = threading.Thread(target=self._watch, name="failure-board", daemon=True)
             self.thread.start()
+
+    def say(self, line: str) -> None:
+        """Prints the rank's last line, once."""
+        with self.said:
+            if not self.announced:
+                print(line, file=sys.stderr, flush=True)
+                self.announced = True
+
+    def _claim(self, store, payload: str) -> str:
+        """The first post wins: `add` claims the key and `set` wakes the waiting watches (with the legacy,
+        non-libuv store, `compare_set` would not wake them). Returns the post that stands."""
+        if store.add(self.key + "/claim", 1) == 1:
+            store.set(self.key, payload)
+            return payload
+        return store.get(self.key).decode()  # waits for the winner's `set`
+
+    def _reads(self, store) -> int:
+        return store.add(self.key + "/read", 0)
+
+    def _wait_for_reads(self, store) -> None:
+        deadline = time.monotonic() + self.READ_TIMEOUT_S
+        while self._reads(store) < self.world_size - 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
 
     def _watch(self) -> None:
         while True:
@@ -87,10 +115,16 @@ class FailureBoard:
                 post = {"rank": None, "code": 1, "line": lost_peer_message(error)}
             if post["rank"] == self.rank or post.get("done"):
                 return
-            print(post["line"], file=sys.stderr, flush=True)
+            self.say(post["line"])
+            if self.last_words is not None:
+                words = threading.Thread(target=self.last_words, daemon=True)
+                words.start()
+                words.join(timeout=5)
             if post["rank"] is not None:
                 try:
                     self.watch_store.add(self.key + "/read", 1)
+                    if self.holds_store:  # its exit closes the store: not before every rank has read the post
+                        self._wait_for_reads(self.watch_store)
                 except dist.DistError:
                     pass
             os._exit(post["code"])  # this rank's main thread may be inside a collective that will not return
@@ -104,13 +138,11 @@ class FailureBoard:
             return line, code
         mine = json.dumps({"rank": self.rank, "code": code, "line": line})
         try:
-            posted = self.store.compare_set(self.key, "", mine).decode()
+            posted = self._claim(self.store, mine)
             if posted != mine:
                 first = json.loads(posted)
                 return (first["line"], first["code"]) if first.get("line") else (line, code)
-            deadline = time.monotonic() + self.READ_TIMEOUT_S
-            while self.store.add(self.key + "/read", 0) < self.world_size - 1 and time.monotonic() < deadline:
-                time.sleep(0.05)
+            self._wait_for_reads(self.store)
         except dist.DistError:  # the store is gone too: the peers learn it from their own watch
             pass
         return line, code
@@ -123,11 +155,25 @@ class FailureBoard:
             return
         dist.barrier()
         if self.rank == 0:
-            self.store.compare_set(self.key, "", json.dumps({"rank": None, "done": True}))
+            self._claim(self.store, json.dumps({"rank": None, "done": True}))
         self.thread.join(timeout=30)
 
 
 BOARD: FailureBoard | None = None  # this process's, once the process group exists
+
+
+def set_last_words(action) -> None:
+    """What this rank does before a peer's post ends its process (closing the logs as failed)."""
+    if BOARD is not None:
+        BOARD.last_words = action
+
+
+def say(line: str) -> None:
+    """Prints this rank's last line, unless the watch printed it already."""
+    if BOARD is None:
+        print(line, file=sys.stderr, flush=True)
+    else:
+        BOARD.say(line)
 
 
 def post_failure(line: str, code: int) -> tuple[str, int]:

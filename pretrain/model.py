@@ -430,10 +430,28 @@ class SqueezeBertModel(nn.Module):
             if recompute:
                 # Non-reentrant (torch's recommended form: handles autocast and a mask that needs no gradient);
                 # preserve_rng_state replays the forward's dropout masks in the recomputation.
-                hidden = checkpoint(layer, hidden, mask, use_reentrant=False, preserve_rng_state=True)
+                # The recomputation runs in the backward, outside the forward's `sdpa_kernel` choice (strict
+                # determinism's math kernel): it re-enters the kernels the forward allowed, or it would pick
+                # another kernel and torch would refuse the recomputed tensors.
+                hidden = checkpoint(layer, hidden, mask, use_reentrant=False, preserve_rng_state=True,
+                                    context_fn=same_attention_kernels())
             else:
                 hidden = layer(hidden, mask)
         return hidden, self.pooler(hidden)
+
+
+def same_attention_kernels():
+    """`checkpoint`'s context_fn: the forward as it is, the recomputation under the SDPA kernels allowed now."""
+    import contextlib
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    switches = {SDPBackend.MATH: torch.backends.cuda.math_sdp_enabled(),
+                SDPBackend.FLASH_ATTENTION: torch.backends.cuda.flash_sdp_enabled(),
+                SDPBackend.EFFICIENT_ATTENTION: torch.backends.cuda.mem_efficient_sdp_enabled(),
+                SDPBackend.CUDNN_ATTENTION: torch.backends.cuda.cudnn_sdp_enabled()}
+    allowed = [backend for backend, on in switches.items() if on]
+    return lambda: (contextlib.nullcontext(), sdpa_kernel(allowed))
 
 
 def init_weights(module: nn.Module, std: float) -> None:

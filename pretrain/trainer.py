@@ -45,6 +45,7 @@ from .distributed import (
     leave_together,
     on_rank0,
     parameter_fingerprint,
+    set_last_words,
     setup_distributed,
     write_status,
 )
@@ -209,6 +210,7 @@ class Trainer:
         self.checkpointer = Checkpointer(config.checkpoint, self.rank)
         self.preemption = Preemption()
         self.metrics = Metrics(config.logging, self.model.config, self.rank, self.world_size)
+        set_last_words(lambda: self.metrics.close("failed"))  # a peer's failure ends this rank too
         self.resumed_run_ids = {}  # the W&B / MLflow runs the checkpoint names
         self.outcome = "failed"  # until fit returns
 

@@ -500,3 +500,25 @@ def test_compile_key_is_a_runtime_switch(tmp_path):
     assert built.transformer.config.compile is True
     with pytest.raises(ConfigError, match="model.compile 'yes': must be true or false"):
         build_model(RunConfig(model="squeezebert-tiny", model_overrides={"compile": "yes"}))
+
+
+def test_activation_checkpointing_recomputes_under_the_attention_kernels_of_the_forward():
+    """Strict determinism allows SDPA only its math kernel inside the forward; the checkpoint's recomputation runs
+    in the backward, after that choice has ended, and with another kernel torch refuses the recomputed tensors
+    (CheckpointError). No dropout, so CPU training takes SDPA as CUDA training always does."""
+    from pretrain.pretraining_model import SqueezeBertForPretraining
+
+    values = {**ModelConfig.preset("squeezebert-tiny").to_dict(), "hidden_dropout_prob": 0.0,
+              "attention_probs_dropout_prob": 0.0, "gradient_checkpointing": True}
+    torch.manual_seed(0)
+    model = SqueezeBertForPretraining(ModelConfig.from_dict(values)).train()
+    batch = random_batch(model.config, n=2, w=16)
+    losses = {}
+    for determinism in ("default", "strict"):
+        model.zero_grad()
+        model.run_in(torch.device("cpu"), "fp32", determinism)
+        output = model(*batch)
+        output.loss.backward()
+        losses[determinism] = output.loss.item()
+    assert losses["strict"] == pytest.approx(losses["default"], rel=1e-6)
+
