@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import multiprocessing
 import os
 import signal
 import socket
@@ -127,6 +128,9 @@ class FailureBoard:
                         self._wait_for_reads(self.watch_store)
                 except dist.DistError:
                     pass
+            # The loader's workers would print a traceback (EOFError) after the line when this process vanishes
+            for child in multiprocessing.active_children():
+                child.kill()
             os._exit(post["code"])  # this rank's main thread may be inside a collective that will not return
 
     def post(self, line: str, code: int) -> tuple[str, int]:
