@@ -10,6 +10,7 @@ line naming the step and exit status 1, its last complete checkpoint kept.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import sys
 import traceback
@@ -104,10 +105,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
 
-    def fail(line: str, code: int) -> int:
+    def fail(line: str, code: int, wait: bool = True) -> int:
         """Ends this rank with one line; in a run of several ranks every rank ends with the same line and code
         (`distributed.FailureBoard`), including ranks waiting in a collective for this one."""
-        line, code = post_failure(line, code)
+        line, code = post_failure(line, code, wait)
         say(line)
         return code
 
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"pretrain: error: {os_error_line(error)}", EXIT_BAD_INPUT)
     except Exception as error:
         if lost_a_peer(error):
-            return fail(lost_peer_message(error), EXIT_FAILED)
+            return fail(lost_peer_message(error), EXIT_FAILED, wait=False)
         # A bug (or an error no check foresaw): its traceback for the report, then the same one line as the
         # other ranks end with.
         traceback.print_exc()
@@ -130,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
                     f"{one_line(error)}", EXIT_FAILED)
     finally:
         leave_after_error()
+        # Loader workers ignore SIGTERM (preemption is the main process's business), and multiprocessing's exit
+        # handler stops daemonic children with SIGTERM and then joins them: a loader kept alive by an error that
+        # left `main` (its traceback holds the iterator; e.g. stderr's reader, the launcher, gone) hung the exit.
+        for child in multiprocessing.active_children():
+            child.kill()
 
 
 if __name__ == "__main__":

@@ -133,10 +133,11 @@ class FailureBoard:
                 child.kill()
             os._exit(post["code"])  # this rank's main thread may be inside a collective that will not return
 
-    def post(self, line: str, code: int) -> tuple[str, int]:
+    def post(self, line: str, code: int, wait: bool = True) -> tuple[str, int]:
         """Tells every rank that this one fails with `line` and `code`, and waits (briefly) until they have
-        read it. Returns the line and code to end with: an earlier post of another rank wins (its error is
-        the cause; this rank's is then usually the lost peer)."""
+        read it, unless `wait` is False (a lost peer: the dead never read, and the living are failing at their
+        own collectives anyway). Returns the line and code to end with: an earlier post of another rank wins
+        (its error is the cause; this rank's is then usually the lost peer)."""
         self.ending.set()
         if self.store is None:
             return line, code
@@ -146,7 +147,8 @@ class FailureBoard:
             if posted != mine:
                 first = json.loads(posted)
                 return (first["line"], first["code"]) if first.get("line") else (line, code)
-            self._wait_for_reads(self.store)
+            if wait:
+                self._wait_for_reads(self.store)
         except dist.DistError:  # the store is gone too: the peers learn it from their own watch
             pass
         return line, code
@@ -180,12 +182,12 @@ def say(line: str) -> None:
         BOARD.say(line)
 
 
-def post_failure(line: str, code: int) -> tuple[str, int]:
+def post_failure(line: str, code: int, wait: bool = True) -> tuple[str, int]:
     """This rank's one-line error and exit status, told to every rank (see `FailureBoard`); the line and code to
     end with (another rank's earlier post wins)."""
     if BOARD is None:
         return line, code
-    return BOARD.post(line, code)
+    return BOARD.post(line, code, wait)
 
 
 def on_rank0(action) -> None:
