@@ -45,8 +45,11 @@ def merge_parts(part_dirs: list[str], out_dir: str) -> dict[int, dict]:
         seq_lens = found
     merged = {}
     held_out = load_manifest(seq_folder(part_dirs[0], seq_lens[0]))["config"].get("holdout_fraction", 0) > 0
-    for seq_len, split in [(n, split) for n in seq_lens for split in ("train", "heldout")[: 1 + held_out]]:
-        manifests = [load_manifest(seq_folder(d, seq_len, split)) for d in part_dirs]
+    sets = [(n, split) for n in seq_lens for split in ("train", "heldout")[: 1 + held_out]]
+    # Every manifest is read (and its shard names checked, `load_manifest`) before anything is written.
+    all_manifests = {key: [load_manifest(seq_folder(d, *key)) for d in part_dirs] for key in sets}
+    for seq_len, split in sets:
+        manifests = all_manifests[seq_len, split]
         first = manifests[0]
         count = first["part"]["count"]
         indices = [m["part"]["index"] for m in manifests]

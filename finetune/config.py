@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import json
+import math
 import sys
 import typing
 from dataclasses import dataclass
@@ -131,10 +132,16 @@ TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true
 
 
 def typed(key: str, value, where: str):
+    """`value` as `key`'s type; `where` names the layer it came from ("" for the command line's flags)."""
     expected = typing.get_type_hints(FinetuneConfig)[key]
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
+        # argparse's float() and TOML both read nan and inf, and NaN passes every range check in `validate`
+        # (a comparison with NaN is false both ways); no field gives inf a meaning.
+        if expected is float and not math.isfinite(value):
+            setting = f"{where}{key} = {value}" if where else f"{flag_name(key)} {value}"
+            raise FinetuneConfigError(f"{setting}: must be a finite number (nan and inf are not settings)")
         return value
     raise FinetuneConfigError(f"{where}{key} = {value!r}: expected {TYPE_NAMES[expected]}")
 
@@ -169,7 +176,9 @@ def build_config(*layers: tuple[str, dict]) -> FinetuneConfig:
     preset = {}
     if task:
         try:
-            preset = task_preset(get_task(task).name)
+            name = get_task(task).name
+            preset = {key: typed(key, value, f"finetune/presets/tasks.toml [{name}]: ")
+                      for key, value in task_preset(name).items()}
         except TaskError as error:
             raise FinetuneConfigError(str(error)) from None
     config = FinetuneConfig(**{**preset, **merged})

@@ -110,11 +110,33 @@ def load_manifest(folder: str) -> dict:
             manifest = json.load(handle)
     except (OSError, ValueError) as error:
         raise FormatError(f"{path}: unreadable manifest ({error})") from None
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise FormatError(
-            f"{path}: format version {manifest.get('format_version')}, this tool reads {FORMAT_VERSION}"
-        )
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        version = manifest.get("format_version") if isinstance(manifest, dict) else None
+        raise FormatError(f"{path}: format version {version}, this tool reads {FORMAT_VERSION}")
+    check_shard_names(manifest, path)
     return manifest
+
+
+def is_plain_file_name(name: object) -> bool:
+    """A name that can only mean a file in the folder it is joined to: no separator of any platform, not
+    absolute, not `.` or `..`, no NUL."""
+    return (isinstance(name, str) and name not in ("", ".", "..")
+            and not any(character in name for character in "/\\\0"))
+
+
+def check_shard_names(manifest: dict, path: str) -> None:
+    """Every shard a manifest lists is a plain file name in the manifest's own folder. Manifests travel between
+    machines and people (`merge` of parts made elsewhere, shard sets handed over), and every reader joins these
+    names to the folder: `../x` or `/x` would make `merge` replace, and the readers read, a file elsewhere."""
+    shards = manifest.get("shards")
+    if not isinstance(shards, list):
+        raise FormatError(f"{path}: \"shards\" is not a list; not a shard-set manifest (rerun `data_prep shards`)")
+    for index, entry in enumerate(shards):
+        name = entry.get("file") if isinstance(entry, dict) else None
+        if not is_plain_file_name(name):
+            raise FormatError(f"{path}: shards[{index}] names the file {name!r}, which is not a plain file name in "
+                              f"this folder; a manifest lists only its own folder's shards (remake the set with "
+                              f"`data_prep shards`)")
 
 
 def shard_set_folders(path: str) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -284,8 +285,24 @@ def _typed(value, expected: type, key: str):
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)  # TOML writes 1 for 1.0
     if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
+        _refuse_non_finite(value, key)
         return value
     raise RunConfigError(f"{key} = {value!r}: expected {TYPE_NAMES[expected]}")
+
+
+def _refuse_non_finite(value, key: str) -> None:
+    """TOML reads `nan` and `inf` as floats, and every range check in `validate` is a comparison, which NaN
+    fails both ways: `replace_with_mask = nan` passed and trained with no [MASK] at all. No setting gives inf
+    a meaning (none is "unlimited"; 0 switches the optional ones off), so neither is a setting. Tables
+    (`model_overrides`) are searched too: the model's fields are floats the model reads unchecked."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RunConfigError(f"{key} = {value}: must be a finite number (nan and inf are not settings)")
+    if isinstance(value, dict):
+        for name, item in value.items():
+            _refuse_non_finite(item, f"{key}.{name}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _refuse_non_finite(item, f"{key}.{index}")
 
 
 def _build(cls, values: dict, prefix: str, source: str):

@@ -105,6 +105,33 @@ def test_parts_together_are_the_single_run(reference, small_corpus, vocab_dir, t
                            "--out", tmp_path / "m3", check=False), "given twice")
 
 
+def test_a_manifest_entry_outside_its_folder_is_refused_and_changes_nothing(small_corpus, vocab_dir, tmp_path):
+    """A part made elsewhere whose manifest names `../../victim.txt`: `merge` used to replace the victim (the
+    file outside --out) with the attacker's file and exit 0. Every reader of that manifest refuses it in one
+    line, and nothing is written: not the victim, not --out."""
+    parts = tmp_path / "handed" / "over"
+    common = ["shards", "--source", small_corpus, "--vocab", vocab_dir, "--num-proc", "1", "--quiet",
+              "--shard-text-mb", "0.2", "--seq-len", "128"]
+    for part in range(2):
+        run_cli(*common, "--out", parts / f"part{part}", "--part", f"{part}/2")
+    manifest_path = parts / "part1" / "seq128" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    entry = manifest["shards"][0]
+    (parts / "victim.txt").write_bytes(b"x" * 7)  # the "shard" the traversing name reaches from the part
+    entry["file"], entry["bytes"] = "../../victim.txt", 7
+    manifest_path.write_text(json.dumps(manifest))
+    victim = tmp_path / "victim.txt"  # what the same name reaches from --out's seq128/
+    victim.write_bytes(b"precious\n")
+    before = victim.stat().st_mtime_ns
+    result = run_cli("merge", "--parts", parts / "part0", parts / "part1", "--out", tmp_path / "merged", check=False)
+    one_line_error(result, str(manifest_path), "shards[0]", "'../../victim.txt'", "not a plain file name")
+    assert victim.read_bytes() == b"precious\n" and victim.stat().st_mtime_ns == before
+    assert not (tmp_path / "merged").exists()
+    for command in (["verify"], ["inspect", "-n", "1"]):
+        one_line_error(run_cli(*command, parts / "part1" / "seq128", check=False),
+                       str(manifest_path), "shards[0]", "not a plain file name")
+
+
 def token_ngrams(folder, n=12):
     """Every run of n wordpieces (special tokens left out) in the examples of a shard set."""
     import datasets

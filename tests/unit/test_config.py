@@ -128,6 +128,45 @@ def test_logging_backends_are_checked_by_name(config_file, backends, fragment):
     assert fragment in str(error.value) and "\n" not in str(error.value)
 
 
+def float_keys():
+    """Every float setting of the run config, as `--set` names it."""
+    import dataclasses
+    import typing
+
+    from pretrain.config import NESTED, PhaseConfig, RunConfig
+
+    tables = [("", RunConfig), ("phases.0.", PhaseConfig), *((f"{name}.", cls) for name, cls in NESTED.items())]
+    return [prefix + f.name for prefix, cls in tables for f in dataclasses.fields(cls)
+            if typing.get_type_hints(cls)[f.name] is float]
+
+
+@pytest.mark.parametrize("override, fragment", [
+    # the issue's cases: each passed its range check (NaN fails every comparison) or named another key
+    ("masking.replace_with_mask=nan", "masking.replace_with_mask = nan"),  # trained with no [MASK] at all
+    ("optimizer.eps=nan", "optimizer.eps = nan"),
+    ("optimizer.weight_decay=nan", "optimizer.weight_decay = nan"),
+    ("optimizer.gradient_clipping=nan", "optimizer.gradient_clipping = nan"),  # clipping was silently off
+    ("checkpoint.every_minutes=nan", "checkpoint.every_minutes = nan"),
+    ("phases.0.peak_lr=inf", "phases.0.peak_lr = inf"),  # trained with lr nan
+    ("phases.0.peak_lr=nan", "phases.0.peak_lr = nan"),  # was refused as end_lr
+    ("distributed_timeout_minutes=inf", "distributed_timeout_minutes = inf"),  # a traceback
+    ("model_overrides.hidden_dropout_prob=nan", "model_overrides.hidden_dropout_prob = nan"),  # the model's own
+    *((f"{key}={value}", f"{key} = {value}") for key in float_keys() for value in ("nan", "inf", "-inf")),
+])
+def test_every_float_setting_is_finite(config_file, override, fragment):
+    with pytest.raises(RunConfigError) as error:
+        load_config(config_file, [override])
+    message = str(error.value)
+    assert message.startswith(fragment + ": must be a finite number") and "\n" not in message, message
+
+
+def test_a_non_finite_number_in_the_file_names_its_key(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text(CONFIG.replace("max_predictions = 80", "max_predictions = 80\npeak_lr = nan"))
+    with pytest.raises(RunConfigError, match=r"^phases\.1\.peak_lr = nan: must be a finite number"):
+        load_config(str(path))
+
+
 def test_integers_are_taken_for_numbers(config_file):
     config = load_config(config_file, ["phases.0.peak_lr=1", "optimizer.weight_decay=0"])
     assert config.phases[0].peak_lr == 1.0 and isinstance(config.phases[0].peak_lr, float)

@@ -257,3 +257,21 @@ def test_whole_word_masking_without_the_vocabulary_beside_the_shards_is_one_line
     shutil.copytree(shards.folder, alone)  # the shards without the vocabulary folder beside them
     with pytest.raises(DataError, match=r"whole-word masking needs the vocabulary beside the shards .*vocab.txt"):
         Batcher(ShardSet(str(alone)), seed=0, masking=MaskingConfig(whole_word=True))
+
+
+@pytest.mark.parametrize("name", ["../elsewhere.arrow", "/etc/passwd", "sub/shard.arrow", "sub\\shard.arrow", ".", "..",
+                                  "", "shard\0.arrow", 7, None])
+def test_a_manifest_naming_a_file_outside_its_folder_is_refused(shards, tmp_path, name):
+    """A shard is a plain file name in its set's folder: anything else would read a file elsewhere."""
+    import json
+    import shutil
+
+    copy = tmp_path / "seq128"
+    shutil.copytree(shards.folder, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["shards"][1]["file"] = name
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    refused = r"manifest.json: shards\[1\] names the file .* not a plain file name"
+    with pytest.raises(FormatError, match=refused) as caught:
+        ShardSet(str(copy))
+    assert "\n" not in str(caught.value) and str(copy / "manifest.json") in str(caught.value)
