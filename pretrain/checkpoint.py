@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import time
 
@@ -51,6 +52,21 @@ class CheckpointError(UserError):
 
 def checkpoint_name(global_step: int) -> str:
     return f"{PREFIX}{global_step:08d}"
+
+
+def read_latest(directory: str) -> str | None:
+    """The name `latest` holds (None without one), checked to be a `step-N` folder name: the name is joined to
+    `directory`, so a `latest` copied from elsewhere must not lead out of it (`../elsewhere`, an absolute path)."""
+    pointer = os.path.join(directory, LATEST_FILE)
+    if not os.path.isfile(pointer):
+        return None
+    with open(pointer, encoding="utf-8", errors="replace") as handle:
+        name = handle.read().strip()
+    if not re.fullmatch(re.escape(PREFIX) + r"[0-9]{8}", name):
+        raise CheckpointError(f"{pointer} names {name[:80]!r}, not a step-NNNNNNNN folder beside it; a trainer "
+                              "writes only those: restore the file or remove it (the newest complete checkpoint "
+                              "is then used)")
+    return name
 
 
 def rng_state() -> dict:
@@ -113,10 +129,11 @@ class Checkpointer:
     def candidates(self) -> list[str]:
         """Complete checkpoints, the one `latest` names first, then the others newest first."""
         names = self.complete()[::-1]
-        pointer = os.path.join(self.directory, LATEST_FILE)
-        if os.path.isfile(pointer):
-            with open(pointer, encoding="utf-8") as handle:
-                name = handle.read().strip()
+        try:
+            name = read_latest(self.directory)
+        except CheckpointError:  # `usable` reports it; the complete checkpoints beside it stand
+            name = None
+        if name is not None:
             if name in names:
                 names.remove(name)
                 names.insert(0, name)
@@ -128,11 +145,13 @@ class Checkpointer:
         choice, problems = None, []
         if self.rank == 0:
             pointer = os.path.join(self.directory, LATEST_FILE)
-            if os.path.isfile(pointer):
-                with open(pointer, encoding="utf-8") as handle:
-                    named = handle.read().strip()
-                if not os.path.isdir(os.path.join(self.directory, named, TAG)):
-                    problems.append(f"{pointer} names {named}, which is not a complete checkpoint")
+            try:
+                named = read_latest(self.directory)
+            except CheckpointError as error:
+                named = None
+                problems.append(str(error))
+            if named is not None and not os.path.isdir(os.path.join(self.directory, named, TAG)):
+                problems.append(f"{pointer} names {named}, which is not a complete checkpoint")
             for path in self.candidates():
                 problem = damage(path)
                 if problem is None:
@@ -236,10 +255,9 @@ def is_checkpoint(path: str) -> bool:
 def read_trained_model(path: str) -> tuple[dict, dict, str | None]:
     """The weights, model config and vocabulary folder of a checkpoint, without DeepSpeed or a process group:
     `path` is a checkpoint dir (its `latest` is read) or one `step-N/` folder."""
-    pointer = os.path.join(path, LATEST_FILE)
-    if os.path.isfile(pointer):
-        with open(pointer, encoding="utf-8") as handle:
-            path = os.path.join(path, handle.read().strip())
+    named = read_latest(path)
+    if named is not None:
+        path = os.path.join(path, named)
     states_path = os.path.join(path, TAG, MODEL_STATES_FILE)
     if not os.path.isfile(states_path):
         raise CheckpointError(f"--checkpoint {path}: no complete checkpoint there ({TAG}/{MODEL_STATES_FILE})")
