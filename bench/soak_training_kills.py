@@ -118,7 +118,7 @@ def final_parameters(workdir: str) -> dict:
     import torch
 
     path = os.path.join(workdir, "checkpoints", latest(workdir), "state", "mp_rank_00_model_states.pt")
-    return torch.load(path, map_location="cpu", weights_only=False)["module"]
+    return torch.load(path, map_location="cpu", weights_only=True)["module"]
 
 
 def losses(workdir: str) -> dict:

@@ -10,17 +10,23 @@ Every rank writes its DeepSpeed files into the temporary folder; after a barrier
 to its final name (an atomic rename on a shared filesystem), then rewrites `latest`, then deletes the
 oldest checkpoints beyond `keep`. A crash at any point leaves the previous checkpoint complete and chosen.
 
-Each rank also stores its random generators (torch, CUDA, numpy, Python) in `state/rng-rankNNNNN.pt` and
-gets them back on resume. The trainer itself needs none of them (masks are a function of the sample index
+Each rank also stores its random generators (torch, CUDA, numpy, Python) in `state/rng-rankNNNNN.safetensors`
+and gets them back on resume. The trainer itself needs none of them (masks are a function of the sample index
 and dropout is reseeded every step, so that a different world size sees the same randomness); they are
 kept so that any code drawing from the global generators resumes where it stopped too.
+
+Nothing read from a checkpoint runs code: DeepSpeed's files are read by its own checkpoint engine with
+`torch.load(weights_only=True)` (tensors, containers and numbers; anything else is refused in one line), the
+generators are safetensors with JSON metadata, the records are JSON.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import pickle
 import random
 import re
 import shutil
@@ -29,9 +35,12 @@ import time
 import numpy as np
 import torch
 import torch.distributed as dist
+from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save as safetensors_bytes
 
 from formats.errors import UserError, one_line
-from formats.files import atomic_write_bytes, file_sha256, fsync_tree, replace_folder
+from formats.files import DISK_FULL_ERRNOS, atomic_write_bytes, file_sha256, fsync_tree, replace_folder
 
 from .config import CheckpointConfig
 from .distributed import lost_a_peer
@@ -69,23 +78,98 @@ def read_latest(directory: str) -> str | None:
     return name
 
 
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+def load_tensors(path: str, map_location=None, remedy: str = "") -> object:
+    """`torch.load` of a file that may come from elsewhere: tensors, containers and numbers only
+    (`weights_only=True`), so unpickling it cannot run code. Anything else, or a damaged file, is one line."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights only load failed" not in str(error).lower():
+            raise CheckpointError(f"{path}: not a readable torch file ({one_line(error)[:200]}){remedy}") from None
+        found = re.search(r"unsupported global(?:: global)? (\S+)", str(error), re.IGNORECASE)
+        raise CheckpointError(
+            f"{path}: refused: it holds {found.group(1) if found else 'an object'}, not only tensors and numbers, "
+            f"and unpickling it could run code; the project never writes such a file{remedy}") from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise CheckpointError(f"{path}: not a readable torch file ({one_line(error)[:200]}){remedy}") from None
+
+
+class SafeCheckpointEngine(TorchCheckpointEngine):
+    """DeepSpeed's torch checkpoint engine with two changes. It reads with `load_tensors` (DeepSpeed's own
+    unpickles with `weights_only=False`); the files it writes (weights, LAMB state, counters, the trainer's
+    client state) hold nothing else, and ZeRO's optimizer files, which pickle a loss-scaler object, are never
+    written (ZeRO 0). It writes through Python's file API, so a full disk is an `OSError` with its errno
+    (torch's own writer reports "unexpected pos"); the file is serialized in memory first, its size once."""
+
+    def load(self, path: str, map_location=None):
+        return load_tensors(path, map_location, remedy="; remove this checkpoint (the previous one is then used) "
+                            "or get it again from where it was made")
+
+    def save(self, state_dict, path: str):
+        buffer = io.BytesIO()
+        torch.save(state_dict, buffer, _use_new_zipfile_serialization=self.zipfile_serialization)
+        with open(path, "wb") as handle:
+            handle.write(buffer.getbuffer())
+
+
+def use_safe_checkpoint_engine(engine) -> None:
+    """Give a DeepSpeed engine the `SafeCheckpointEngine` in place of its torch engine (DeepSpeed has no
+    setting for it); another engine (Nebula, decoupled) is refused."""
+    current = getattr(engine, "checkpoint_engine", None)
+    if type(current) is TorchCheckpointEngine:
+        safe = SafeCheckpointEngine.__new__(SafeCheckpointEngine)
+        safe.__dict__.update(current.__dict__)  # its name and serialization settings
+        engine.checkpoint_engine = safe
+    elif type(current) is not SafeCheckpointEngine:
+        raise RuntimeError(f"DeepSpeed chose the checkpoint engine {type(current).__name__}; only its torch engine "
+                           "is supported (its files are read without unpickling code)")
+
+
+def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """This process's generators as tensors and JSON metadata (a safetensors file's two parts)."""
+    numpy_name, numpy_key, numpy_pos, has_gauss, cached_gaussian = np.random.get_state()
+    version, python_state, gauss_next = random.getstate()
+    tensors = {"torch": torch.get_rng_state(), "numpy_key": torch.from_numpy(numpy_key.astype(np.int64)),
+               "python_state": torch.tensor(python_state, dtype=torch.int64)}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+        for index, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda_{index}"] = state
+    numbers = {"numpy_name": numpy_name, "numpy_pos": int(numpy_pos), "numpy_has_gauss": int(has_gauss),
+               "numpy_cached_gaussian": float(cached_gaussian), "python_version": version,
+               "python_gauss_next": gauss_next}
+    return tensors, {"rng": json.dumps(numbers)}
 
 
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def set_rng_state(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    numbers = json.loads(metadata["rng"])
+    torch.set_rng_state(tensors["torch"])
+    np.random.set_state((numbers["numpy_name"], tensors["numpy_key"].numpy().astype(np.uint32),
+                         numbers["numpy_pos"], numbers["numpy_has_gauss"], numbers["numpy_cached_gaussian"]))
+    random.setstate((numbers["python_version"], tuple(tensors["python_state"].tolist()),
+                     numbers["python_gauss_next"]))
+    cuda = [tensors[f"cuda_{index}"] for index in range(sum(k.startswith("cuda_") for k in tensors))]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def save_rng_state(path: str) -> None:
+    tensors, metadata = rng_state()
+    with open(path, "wb") as handle:  # Python's file API: a full disk is an OSError with its errno
+        handle.write(safetensors_bytes(tensors, metadata=metadata))
+
+
+def load_rng_state(path: str) -> None:
+    """Set this process's generators from `save_rng_state`'s file; a damaged one is one line."""
+    try:
+        with safe_open(path, framework="pt") as handle:
+            set_rng_state({key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata() or {})
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: not a readable generator state ({one_line(error)[:200]}); remove this "
+                              "checkpoint (the previous one is then used)") from None
 
 
 def rng_file(path: str, rank: int) -> str:
-    return os.path.join(path, TAG, f"rng-rank{rank:05d}.pt")
+    return os.path.join(path, TAG, f"rng-rank{rank:05d}.safetensors")
 
 
 class Checkpointer:
@@ -173,10 +257,11 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
         if dist.is_initialized():
             dist.barrier()
+        use_safe_checkpoint_engine(engine)
         with self._write_failures(tmp, final):
             engine.save_checkpoint(tmp, tag=TAG, client_state=client_state, save_latest=False)
             os.makedirs(os.path.join(tmp, TAG), exist_ok=True)
-            torch.save(rng_state(), rng_file(tmp, self.rank))
+            save_rng_state(rng_file(tmp, self.rank))
         if dist.is_initialized():
             dist.barrier()
         if self.rank == 0:
@@ -202,15 +287,18 @@ class Checkpointer:
             if lost_a_peer(error):
                 raise  # not a write: reported as a lost peer
             shutil.rmtree(tmp, ignore_errors=True)
+            full = isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS
+            reason = f"disk full: {error.strerror}" if full else one_line(error)
             raise CheckpointError(
-                f"{final}: could not write this checkpoint ({one_line(error)}); the previous complete "
+                f"{final}: could not write this checkpoint ({reason}); the previous complete "
                 f"checkpoint is kept as {os.path.join(self.directory, LATEST_FILE)} names it: free space in "
                 f"{self.directory} and rerun the same command to resume") from None
 
     def load(self, engine, path: str) -> dict:
+        use_safe_checkpoint_engine(engine)
         _, client_state = engine.load_checkpoint(path, tag=TAG)
         if os.path.isfile(rng_file(path, self.rank)):  # a rank the saving run did not have keeps its seed
-            set_rng_state(torch.load(rng_file(path, self.rank), weights_only=False))
+            load_rng_state(rng_file(path, self.rank))
         return client_state
 
 
@@ -264,5 +352,5 @@ def read_trained_model(path: str) -> tuple[dict, dict, str | None]:
     problem = damage(path)  # the files as they were saved, or an export of a damaged model would go unnoticed
     if problem:
         raise CheckpointError(f"--checkpoint {path}: damaged ({problem}); export another step-N/ of it")
-    states = torch.load(states_path, map_location="cpu", weights_only=False)
+    states = load_tensors(states_path, "cpu", remedy="; export another step-N/ of it, or get it again")
     return states["module"], states[MODEL_CONFIG_KEY], states.get(VOCAB_DIR_KEY)

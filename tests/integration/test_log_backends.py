@@ -107,7 +107,7 @@ def test_scalars_reach_every_backend_and_restarts_continue_one_run(shard_root, t
     assert third.returncode == 0 and "resumed from checkpoints/step-00000003" in third.stderr, third.stderr[-3000:]
     assert json.loads(runs_file.read_text()) == ids
     state = tmp_path / "checkpoints" / "step-00000005" / "state" / "mp_rank_00_model_states.pt"
-    assert torch.load(state, map_location="cpu", weights_only=False)["logging_runs"] == ids
+    assert torch.load(state, map_location="cpu", weights_only=True)["logging_runs"] == ids
 
     tensorboard = all_scalars(str(tmp_path))
     assert sorted(tensorboard["train/loss"]) == [1, 2, 3, 4, 5]

@@ -44,7 +44,7 @@ def wait_for(path, process, timeout=120):
 
 def final_parameters(workdir):
     path = os.path.join(workdir, "checkpoints", "step-00000012", "state", "mp_rank_00_model_states.pt")
-    return torch.load(path, map_location="cpu", weights_only=False)["module"]
+    return torch.load(path, map_location="cpu", weights_only=True)["module"]
 
 
 def all_scalars(workdir):
@@ -168,7 +168,7 @@ def test_every_checkpoint_stores_the_resolved_config(reference, shard_root):
     expected = load_config(CONFIG, train_command(shard_root)[train_command(shard_root).index("--set") + 1::2])
     for step in (9, 12):
         path = os.path.join(reference, "checkpoints", f"step-{step:08d}", "state", "mp_rank_00_model_states.pt")
-        stored = torch.load(path, map_location="cpu", weights_only=False)["config"]
+        stored = torch.load(path, map_location="cpu", weights_only=True)["config"]
         assert stored == expected.to_dict()
 
 
@@ -338,7 +338,7 @@ def test_time_based_saves_and_a_phase_that_resets_the_optimizer(reference, shard
 
     def lamb_steps(workdir):
         path = os.path.join(workdir, "checkpoints", "step-00000012", "state", "mp_rank_00_model_states.pt")
-        return {float(s["step"]) for s in torch.load(path, map_location="cpu", weights_only=False)["optimizer"][
+        return {float(s["step"]) for s in torch.load(path, map_location="cpu", weights_only=True)["optimizer"][
             "state"].values()}
 
     assert lamb_steps(str(tmp_path)) == {4.0} and lamb_steps(reference) == {12.0}

@@ -39,7 +39,7 @@ def last_line(result) -> str:
 
 def checkpoint_state(workdir, step):
     path = os.path.join(workdir, "checkpoints", f"step-{step:08d}", "state", "mp_rank_00_model_states.pt")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def lamb_steps(state) -> set:

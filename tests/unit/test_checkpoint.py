@@ -1,4 +1,5 @@
-"""The random generators a checkpoint stores per rank come back exactly; `latest` names only a step folder beside it."""
+"""The random generators a checkpoint stores per rank come back exactly; `latest` names only a step folder beside it;
+nothing read from a checkpoint runs code."""
 
 import os
 import random
@@ -10,11 +11,12 @@ import torch
 from pretrain.checkpoint import (
     Checkpointer,
     CheckpointError,
+    load_rng_state,
+    load_tensors,
     read_latest,
     read_trained_model,
     rng_file,
-    rng_state,
-    set_rng_state,
+    save_rng_state,
 )
 from pretrain.config import CheckpointConfig
 
@@ -28,14 +30,24 @@ def test_rng_state_round_trip(tmp_path):
     np.random.seed(7)
     random.seed(7)
     draws()  # move away from the seeded start
+    np.random.randn()  # numpy's cached Gaussian is part of its state
+    random.gauss(0, 1)  # and Python's
     path = rng_file(str(tmp_path), 3)
     (tmp_path / "state").mkdir()
-    torch.save(rng_state(), path)
-    expected = draws()
-    assert draws() != expected  # the generators moved on
-    set_rng_state(torch.load(path, weights_only=False))
-    assert draws() == expected
-    assert path.endswith("state/rng-rank00003.pt")
+    save_rng_state(path)
+    expected = draws() + (np.random.randn(), random.gauss(0, 1))
+    assert draws() != expected[:3]  # the generators moved on
+    load_rng_state(path)
+    assert draws() + (np.random.randn(), random.gauss(0, 1)) == expected
+    assert path.endswith("state/rng-rank00003.safetensors")
+
+
+def test_a_damaged_generator_file_is_one_line(tmp_path):
+    path = tmp_path / "rng-rank00000.safetensors"
+    save_rng_state(str(path))
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(CheckpointError, match="not a readable generator state"):
+        load_rng_state(str(path))
 
 
 class Payload:
@@ -66,3 +78,17 @@ def test_latest_naming_anything_but_a_step_folder_beside_it_is_refused_and_nothi
     assert checkpointer.candidates() == [os.path.join(str(checkpoints), "step-00000003")]
     assert not marker.exists()
 
+
+
+def test_a_torch_file_with_anything_but_tensors_and_numbers_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / "mp_rank_00_model_states.pt"
+    torch.save({"module": {"w": torch.ones(2)}, "global_steps": 3, "extra": Payload(str(marker))}, path)
+    with pytest.raises(CheckpointError, match=r"refused: it holds io.open, not only tensors and numbers"):
+        load_tensors(str(path))
+    assert not marker.exists()
+    torch.save({"module": {"w": torch.ones(2)}, "global_steps": 3, "betas": (0.9, 0.999), "name": "x"}, path)
+    assert load_tensors(str(path))["global_steps"] == 3
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="not a readable torch file"):
+        load_tensors(str(path))
