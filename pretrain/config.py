@@ -8,6 +8,7 @@ contradiction is a `RunConfigError` naming the key, raised before any compute st
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import json
 import math
 import sys
@@ -253,6 +254,60 @@ class RunConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+# What a resumed run may change, as dotted keys of `RunConfig.to_dict()` (`*` = any phase): how the run is
+# carried out (batch split, ranks, precision, saving, logging). Every other key is the run itself (its data
+# order, schedule, optimizer, masks, model): a change is refused naming the key and both values.
+MAY_CHANGE_ON_RESUME = (
+    "max_steps_this_run", "distributed_timeout_minutes", "precision", "determinism",
+    "phases.*.micro_batch", "phases.*.eval_shards",
+    "phases.*.shards",  # compared by the shard sets' fingerprints, not by path: a moved folder is the same data
+    "model_overrides.gradient_checkpointing", "model_overrides.compile",
+    "optimizer.max_consecutive_skips", "optimizer.initial_loss_scale", "optimizer.loss_scale_growth_interval",
+    "checkpoint.*", "logging.*",
+)
+SHOWN_WITHOUT_VALUE = ("logging.mlflow_tracking_uri",)  # may hold credentials
+
+
+ABSENT = object()
+
+
+def _shown(value) -> str:
+    return "(absent)" if value is ABSENT else json.dumps(value)
+
+
+def _dotted(values, prefix: str = "") -> dict:
+    if isinstance(values, dict):
+        return {k: v for key, value in values.items() for k, v in _dotted(value, f"{prefix}{key}.").items()}
+    if isinstance(values, list) and values and all(isinstance(v, dict) for v in values):
+        return {k: v for index, value in enumerate(values) for k, v in _dotted(value, f"{prefix}{index}.").items()}
+    return {prefix[:-1]: values}
+
+
+def resume_changes(saved: dict, current: dict) -> tuple[list[str], list[str]]:
+    """The differences between the config a checkpoint was saved with and the current one, as lines
+    `key: saved -> current`: those `MAY_CHANGE_ON_RESUME` allows, and the others."""
+    # A setting that is newer than the checkpoint's version had its default's behaviour then.
+    defaults = _dotted({**RunConfig().to_dict(), "phases": [dataclasses.asdict(PhaseConfig())] * len(saved["phases"])})
+    before = {**{k: v for k, v in defaults.items() if not k.startswith("model_overrides.")}, **_dotted(saved)}
+    after = _dotted(current)
+    allowed, refused = [], []
+    phases = len(saved["phases"]), len(current["phases"])
+    if phases[0] != phases[1]:
+        refused.append(f"phases: {phases[0]} -> {phases[1]} phases")
+    for key in sorted(set(before) | set(after)):
+        old, new = before.get(key, ABSENT), after.get(key, ABSENT)
+        parts = key.split(".")
+        if old == new or parts[0] == "phases" and len(parts) > 1 and int(parts[1]) >= min(phases):
+            continue  # the same, or in a phase only one side has (the count of phases says it)
+        may = any(fnmatch.fnmatchcase(key, pattern) for pattern in MAY_CHANGE_ON_RESUME)
+        if key in SHOWN_WITHOUT_VALUE:
+            line = f"{key} (changed)"
+        else:
+            line = f"{key} {_shown(old)} -> {_shown(new)}"
+        (allowed if may else refused).append(line)
+    return allowed, refused
 
 
 def gradient_accumulation(phase: PhaseConfig, world_size: int, where: str = "phase") -> int:

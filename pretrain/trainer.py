@@ -36,7 +36,7 @@ from formats.errors import UserError
 from formats.layout import vocab_beside
 
 from .checkpoint import MODEL_CONFIG_KEY, VOCAB_DIR_KEY, Checkpointer, CheckpointError
-from .config import RunConfig, RunConfigError, deepspeed_config, gradient_accumulation
+from .config import RunConfig, RunConfigError, deepspeed_config, gradient_accumulation, resume_changes
 from .data import Batcher, MaskingConfig, MicroBatches, ShardSet, step_loader
 from .distributed import (
     Preemption,
@@ -248,6 +248,12 @@ class Trainer:
                                       "move the damaged ones away to start over, or restore them")
             return
         client = self.checkpointer.load(self.engine, path)
+        allowed, refused = resume_changes(client["config"], self.config.to_dict())
+        if refused:
+            raise RunConfigError(
+                f"{path} was saved by a run with other settings ({'; '.join(refused)}); a resume continues that "
+                f"run: restore them, or start a new run from its weights with init_from = \"{path}\" and "
+                "another checkpoint.dir")
         self.state.load_state_dict(client["trainer"])
         if self.loss_scale and client.get("loss_scale"):
             self.loss_scale.load_state_dict(client["loss_scale"])
@@ -255,7 +261,7 @@ class Trainer:
         if client["shards"][: len(self.batchers)] != [b.shards.fingerprint for b in self.batchers]:
             raise RunConfigError(f"{path}: was trained on other shards than the config names; "
                                  "use the same shard sets or a new checkpoint.dir")
-        changes = []
+        changes = allowed
         if client["world_size"] != self.world_size:
             changes.append(f"world size {client['world_size']} -> {self.world_size} (accumulation recomputed)")
         self.metrics.line(f"resumed from {path} at global step {self.state.global_step} "

@@ -216,6 +216,7 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(shard_root, tmp_
                           preexec_fn=limit_file_size(1 << 20))  # the 6 MB model file of step 6 cannot be written
     assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr[-3000:]
     assert last_line(full).startswith("pretrain: error: checkpoints/step-00000006: could not write this checkpoint")
+    assert "(disk full: File too large)" in last_line(full)  # EFBIG here; ENOSPC on a full disk
     assert "the previous complete checkpoint is kept" in last_line(full)
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-00000003"
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["latest", "step-00000003"]  # nothing partial left

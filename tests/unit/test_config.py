@@ -1,10 +1,19 @@
 """Run config: file + overrides, validation with named keys, derived values."""
 
+import copy
+import json
 import os
 
 import pytest
 
-from pretrain.config import RunConfigError, deepspeed_config, gradient_accumulation, load_config
+from pretrain.config import (
+    RunConfigError,
+    _dotted,
+    deepspeed_config,
+    gradient_accumulation,
+    load_config,
+    resume_changes,
+)
 from tests.conftest import ROOT
 
 CONFIG = """
@@ -181,3 +190,73 @@ def test_the_shipped_configs_load_and_state_the_papers_recipe():
     # evaluated on the held-out documents (the paper held out 3%), not on the training shards
     assert [p.eval_shards for p in paper.phases] == [p.shards + "-heldout" for p in paper.phases]
     load_config(os.path.join(ROOT, "configs", "tiny.toml"))
+
+
+# The resume table, decided key by key: True = a resume may change it (with a line naming the change), False = the
+# run itself (refused, naming the key and both values). A new setting fails `test_the_resume_table_covers_every_
+# setting` until it is decided here and in `pretrain.config.MAY_CHANGE_ON_RESUME`.
+RESUME_TABLE = {
+    "model": ("squeezebert-base", False), "init_from": ("elsewhere", False), "seed": (8, False),
+    "objective": ("mlm", False), "precision": ("bf16", True), "determinism": ("strict", True),
+    "max_steps_this_run": (5, True), "distributed_timeout_minutes": (30.0, True),
+    "phases.0.name": ("first", False), "phases.0.shards": ("moved/seq128", True),
+    "phases.0.eval_shards": ("data/shards/seq128-heldout", True), "phases.0.steps": (200, False),
+    "phases.0.global_batch": (128, False), "phases.0.micro_batch": (16, True),
+    "phases.0.max_predictions": (19, False), "phases.0.peak_lr": (5e-3, False),
+    "phases.0.warmup_fraction": (0.1, False), "phases.0.end_lr": (1e-5, False),
+    "phases.0.reset_optimizer": (True, False),
+    "optimizer.implementation": ("torch-optimizer", False), "optimizer.weight_decay": (0.1, False),
+    "optimizer.beta1": (0.8, False), "optimizer.beta2": (0.99, False), "optimizer.eps": (1e-8, False),
+    "optimizer.gradient_clipping": (2.0, False), "optimizer.max_consecutive_skips": (3, True),
+    "optimizer.initial_loss_scale": (1024.0, True), "optimizer.loss_scale_growth_interval": (100, True),
+    "optimizer.zero_stage": (1, False),
+    "masking.probability": (0.2, False), "masking.replace_with_mask": (0.7, False),
+    "masking.replace_with_random": (0.2, False), "masking.whole_word": (True, False),
+    "checkpoint.dir": ("/elsewhere/checkpoints", True), "checkpoint.every_steps": (50, True),
+    "checkpoint.every_minutes": (45.0, True), "checkpoint.keep": (5, True),
+    "logging.dir": ("other-runs", True), "logging.every_steps": (20, True), "logging.eval_every_steps": (7, True),
+    "logging.eval_samples": (32, True), "logging.peak_flops_per_device": (1e12, True),
+    "logging.backends": (["tensorboard", "mlflow"], True), "logging.project": ("p", True),
+    "logging.run_name": ("r", True), "logging.mlflow_tracking_uri": ("https://user:token@host", True),
+    "model_overrides.hidden_dropout_prob": (0.0, False), "model_overrides.gradient_checkpointing": (True, True),
+    "model_overrides.compile": (True, True),
+}
+
+
+def set_dotted(values, key, value):
+    *path, last = key.split(".")
+    for part in path:
+        values = values[int(part)] if part.isdigit() else values.setdefault(part, {})
+    values[last] = value
+
+
+def test_the_resume_table_covers_every_setting(config_file):
+    settings = {key for key in _dotted(load_config(config_file).to_dict()) if not key.startswith("phases.1.")}
+    decided = {key for key in RESUME_TABLE if not key.startswith("model_overrides.")}
+    assert settings - {"model_overrides"} == decided
+
+
+@pytest.mark.parametrize("key", sorted(RESUME_TABLE))
+def test_a_resume_allows_or_refuses_each_change_as_the_table_says(config_file, key):
+    saved = load_config(config_file).to_dict()
+    current = copy.deepcopy(saved)
+    value, may_change = RESUME_TABLE[key]
+    set_dotted(current, key, value)
+    allowed, refused = resume_changes(saved, current)
+    assert len(allowed if may_change else refused) == 1 and not (refused if may_change else allowed)
+    line = (allowed + refused)[0]
+    assert line.startswith(key)
+    if "uri" in key:
+        assert "token" not in line  # the credentials never reach a message
+    elif not key.startswith("model_overrides."):
+        old = _dotted(saved)[key]
+        assert line == f"{key} {json.dumps(old)} -> {json.dumps(value)}"
+
+
+def test_a_resume_refuses_another_number_of_phases_and_takes_settings_newer_than_the_checkpoint(config_file):
+    saved = load_config(config_file).to_dict()
+    assert resume_changes(saved, {**saved, "phases": saved["phases"][:1]}) == ([], ["phases: 2 -> 1 phases"])
+    older = copy.deepcopy(saved)
+    del older["determinism"], older["phases"][0]["end_lr"]  # settings a checkpoint of an earlier version lacks
+    assert resume_changes(older, saved) == ([], [])
+    assert resume_changes(older, {**saved, "determinism": "strict"}) == (['determinism "default" -> "strict"'], [])

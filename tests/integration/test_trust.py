@@ -1,7 +1,10 @@
-"""Files from elsewhere run no code: a pickle whose loading would create a file, planted in every file the
-trainer reads from a checkpoint or a model folder, under `export`, `init_from` and a resume. Each plant also
-rewrites the checkpoint's `files.json`, as someone handing over a doctored checkpoint would, so the payload
-reaches the loader instead of being caught as damage."""
+"""Files from elsewhere run no code, and a resumed run is the run it claims to be.
+
+A pickle whose loading would create a file is planted in every file the trainer reads from a checkpoint or a
+model folder, under `export`, `init_from` and a resume. Each plant also rewrites the checkpoint's `files.json`,
+as someone handing over a doctored checkpoint would, so the payload reaches the loader instead of being
+caught as damage. A resume with a changed setting is refused or goes on as `pretrain.config`'s table says
+(every key of the table is checked in tests/unit/test_config.py)."""
 
 import os
 import shutil
@@ -99,3 +102,31 @@ def test_a_released_looking_folder_with_a_pickled_state_runs_nothing(saved_run, 
         result = command()
         assert result.returncode == 2 and "refused: it holds os.makedirs" in one_line(result), result.stderr[-3000:]
     assert not (tmp_path / "payload-ran").exists()
+
+
+def test_a_resume_refuses_a_change_of_the_run_and_says_how_to_start_a_new_one(saved_run, shard_root, tmp_path):
+    shutil.copytree(saved_run / "checkpoints", tmp_path / "checkpoints")
+    refused = subprocess.run(train_command(shard_root, "phases.0.global_batch=32"), cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    line = one_line(refused)
+    assert line.startswith("pretrain: error: checkpoints/step-00000003 was saved by a run with other settings "
+                           "(phases.0.global_batch 16 -> 32)")
+    assert 'init_from = "checkpoints/step-00000003" and another checkpoint.dir' in line
+    assert sorted(os.listdir(tmp_path)) == ["checkpoints"]  # nothing was written: no logs, no new checkpoint
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == sorted(os.listdir(saved_run / "checkpoints"))
+    # what the line says to do works
+    fresh = subprocess.run(train_command(shard_root, "phases.0.global_batch=32", "max_steps_this_run=1",
+                                         'init_from="checkpoints/step-00000003"', 'checkpoint.dir="fresh"'),
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert fresh.returncode == 75 and (tmp_path / "fresh" / "step-00000001").is_dir(), fresh.stderr[-3000:]
+
+
+def test_a_resume_takes_a_change_of_how_the_run_is_carried_out_and_names_it(saved_run, shard_root, tmp_path):
+    shutil.copytree(saved_run / "checkpoints", tmp_path / "checkpoints")
+    resumed = subprocess.run(train_command(shard_root, "phases.0.micro_batch=2", "checkpoint.keep=3",
+                                           "max_steps_this_run=1"),
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 75, resumed.stderr[-3000:]
+    assert "resumed from checkpoints/step-00000003 at global step 3 (phase 0, step 3); changed: checkpoint.keep " \
+           "2 -> 3, max_steps_this_run 3 -> 1, phases.0.micro_batch 4 -> 2" in resumed.stderr
