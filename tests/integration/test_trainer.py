@@ -153,7 +153,7 @@ def assert_two_ranks_match(single, double):
     assert scalars(double, "progress/accumulation")[1] == [2.0]  # 16 / (4 x 2 ranks)
     state = os.path.join(double, "checkpoints", "step-00000012", "state")
     assert sorted(os.listdir(state)) == sorted(os.listdir(os.path.join(single, "checkpoints", "step-00000012",
-                                                                       "state")) + ["rng-rank00001.pt"])
+                                                                       "state")) + ["rng-rank00001.safetensors"])
 
 
 def test_two_ranks_under_the_deepspeed_launcher_match_one_process(reference, shard_root, tmp_path):
