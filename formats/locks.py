@@ -61,9 +61,9 @@ def lock_folder(folder: str) -> FolderLock:
     except OSError as error:
         os.close(descriptor)
         return refusal(path, error)
+    _held[path] = descriptor
     os.ftruncate(descriptor, 0)
     os.write(descriptor, (json.dumps({"host": socket.gethostname(), "pid": os.getpid()}) + "\n").encode())
-    _held[path] = descriptor
     return FolderLock(path)
 
 
