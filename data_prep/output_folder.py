@@ -1,16 +1,20 @@
 """The output folder of `data_prep shards`: checked writable, locked against a second run, and bound to the
-settings it was made with (`prep_config.json`), so a rerun resumes and another setting is refused."""
+settings it was made with (`prep_config.json`), so a rerun resumes and another setting is refused. On a
+filesystem that cannot lock (`formats.locks`) the run warns and goes on, as the trainer does with its
+checkpoint folder: refusing would make such a filesystem unusable, and one run per folder is then the user's
+job."""
 
 from __future__ import annotations
 
-import fcntl
 import glob
 import json
 import os
+import sys
 
 from formats.files import TMP_SUFFIX, atomic_write_bytes, file_sha256, remove_quietly
 from formats.layout import seq_folder
 from formats.layout import vocab_dir as vocab_dir_of
+from formats.locks import lock_folder
 from formats.manifest import split_records
 from formats.vocabulary import TOKENIZER_FILE, copy_vocab_files
 
@@ -28,14 +32,15 @@ class OutputFolder:
         self.out_dir = out_dir
         try:
             os.makedirs(out_dir, exist_ok=True)
-            self._lock = open(os.path.join(out_dir, ".lock"), "w")
+            lock = lock_folder(out_dir)  # held until the process ends
         except OSError as error:
             raise PrepError(f"--out {out_dir}: cannot write there ({error.strerror}); choose another folder") from None
-        try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise PrepError(f"--out {out_dir}: another data_prep run is writing there; "
-                            "wait for it or choose another folder") from None
+        if lock.holder:
+            raise PrepError(f"--out {out_dir}: another data_prep run is writing there ({lock.holder}); "
+                            "wait for it or choose another folder")
+        if lock.unsupported:
+            print(f"data_prep: warning: --out {out_dir}: its filesystem cannot lock the folder ({lock.unsupported}); "
+                  "going on without the lock: make sure no other data_prep run writes there", file=sys.stderr)
         state = {"config": config.to_dict(), "tokenizer": tokenizer_info}
         state_path = os.path.join(out_dir, STATE_FILE)
         if os.path.exists(state_path):

@@ -5,6 +5,7 @@ Layout under `checkpoint.dir`:
     step-00001200/state/...   DeepSpeed's files (model, LAMB state) + our client state, complete
     latest                    the name of the newest complete checkpoint (written atomically, last)
     .tmp-step-00001300/       a save in progress: never read, removed at the next start
+    .lock                     held by rank 0 for the whole run (`formats.locks`): one run per folder
 
 Every rank writes its DeepSpeed files into the temporary folder; after a barrier rank 0 renames the folder
 to its final name (an atomic rename on a shared filesystem), then rewrites `latest`, then deletes the
@@ -30,6 +31,7 @@ import pickle
 import random
 import re
 import shutil
+import sys
 import time
 
 import numpy as np
@@ -41,6 +43,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from formats.errors import UserError, one_line
 from formats.files import DISK_FULL_ERRNOS, atomic_write_bytes, file_sha256, fsync_tree, replace_folder
+from formats.locks import lock_folder
 
 from .config import CheckpointConfig
 from .distributed import lost_a_peer
@@ -57,6 +60,10 @@ VOCAB_DIR_KEY = "vocab_dir"
 
 class CheckpointError(UserError):
     """A checkpoint that could not be written (a full disk, a quota); the previous one stays `latest`."""
+
+
+class CheckpointDirBusy(UserError):
+    """Another run holds `checkpoint.dir`'s lock: two runs would write the same `step-N/` folders."""
 
 
 def checkpoint_name(global_step: int) -> str:
@@ -76,6 +83,24 @@ def read_latest(directory: str) -> str | None:
                               "writes only those: restore the file or remove it (the newest complete checkpoint "
                               "is then used)")
     return name
+
+
+def lock_run_folder(directory: str) -> None:
+    """Rank 0 takes `checkpoint.dir`'s lock for the whole run; refused while another run holds it. On a
+    filesystem without locks the run goes on after a warning: keeping it to one run is then the user's job."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        lock = lock_folder(directory)
+    except OSError as error:
+        raise CheckpointError(f"checkpoint.dir {directory}: cannot write there ({error.strerror or error}); "
+                              "choose another checkpoint.dir") from None
+    if lock.holder:
+        raise CheckpointDirBusy(f"checkpoint.dir {directory}: another run is training there ({lock.holder}); "
+                                "wait for it to end or choose another checkpoint.dir")
+    if lock.unsupported:
+        print(f"pretrain: warning: checkpoint.dir {directory}: its filesystem cannot lock the folder "
+              f"({lock.unsupported}); going on without the lock: make sure no other run uses this checkpoint.dir",
+              file=sys.stderr, flush=True)
 
 
 def load_tensors(path: str, map_location=None, remedy: str = "") -> object:
@@ -183,9 +208,9 @@ class Checkpointer:
         self.rank = rank
         self.last_save_time = time.monotonic()
         directory = self.directory
-        if rank == 0:
-            os.makedirs(directory, exist_ok=True)
-            for name in os.listdir(directory):
+        if rank == 0:  # raised before the barrier: the failure board ends the other ranks with the same line
+            lock_run_folder(directory)
+            for name in os.listdir(directory):  # after the lock: another run's save in progress is not ours
                 if name.startswith(".tmp-"):
                     shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
         if dist.is_initialized():

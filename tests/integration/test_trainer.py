@@ -334,7 +334,7 @@ def test_time_based_saves_and_a_phase_that_resets_the_optimizer(reference, shard
     step count at the end is phase 2's 4 steps, not the run's 12."""
     run(train_command(shard_root, "checkpoint.every_steps=1000", "checkpoint.every_minutes=0.0001",
                       "phases.1.reset_optimizer=true"), tmp_path)
-    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["latest", "step-00000011", "step-00000012"]
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == [".lock", "latest", "step-00000011", "step-00000012"]
 
     def lamb_steps(workdir):
         path = os.path.join(workdir, "checkpoints", "step-00000012", "state", "mp_rank_00_model_states.pt")

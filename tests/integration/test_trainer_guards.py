@@ -219,7 +219,7 @@ def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(shard_root, tmp_
     assert "(disk full: File too large)" in last_line(full)  # EFBIG here; ENOSPC on a full disk
     assert "the previous complete checkpoint is kept" in last_line(full)
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "step-00000003"
-    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["latest", "step-00000003"]  # nothing partial left
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == [".lock", "latest", "step-00000003"]  # nothing partial
     resumed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0 and "resumed from checkpoints/step-00000003" in resumed.stderr
 
