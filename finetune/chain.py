@@ -24,7 +24,8 @@ from formats.files import atomic_write_bytes
 from .config import FinetuneConfig, FinetuneConfigError, build_config, read_toml, tomllib
 from .data import load_task
 from .distill import check_teacher
-from .run import load_tokenizer, log, run_glue
+from .model_folder import check_weights, load_classifier, load_tokenizer
+from .run import log, run_glue
 from .tasks import TASKS, get_task
 
 CHAIN_KEYS = ("model", "data", "out", "mnli_teacher", "teachers", "without", "settings", "task_settings")
@@ -117,6 +118,7 @@ def preflight(runs: list[tuple[str, FinetuneConfig]], chain: ChainConfig) -> Non
     """Everything the chain will read, checked before its first step: every task's data, the student, every
     teacher against its task."""
     load_tokenizer(chain.model)
+    check_weights(chain.model, "--model")
     checked = set()
     for _, config in runs:
         task = get_task(config.task)
@@ -129,9 +131,7 @@ def preflight(runs: list[tuple[str, FinetuneConfig]], chain: ChainConfig) -> Non
 
 def check_headless(folder: str) -> None:
     """The MNLI student without its classifier loads as a classifier with only the classifier new."""
-    from transformers import AutoModelForSequenceClassification
-
-    _, info = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2, output_loading_info=True)
+    _, info = load_classifier(folder, "the headless MNLI model", num_labels=2, output_loading_info=True)
     new = sorted(info["missing_keys"])
     if any(not key.startswith("classifier.") for key in new):
         raise FinetuneConfigError(f"{folder}: the headless model lacks encoder weights {new[:4]}")

@@ -128,20 +128,56 @@ def normalize(task: Task, raw, split: str, where: str):
 
 def _checked_labels(task: Task, dataset, where: str):
     labels = dataset["label"]
-    if labels and isinstance(labels[0], str):  # label names, as the TSVs of QNLI, RTE, MNLI spell them
-        ids = [parse_label(task, text, f"{where} row {row}") for row, text in enumerate(labels)]
-        return dataset.remove_columns("label").add_column("label", ids)
-    values = np.asarray(labels, dtype=np.float64)
     if task.is_regression:
-        bad = np.flatnonzero(~((values >= 0) & (values <= 5)))
         allowed = "a similarity score in [0, 5]"
     else:
-        bad = np.flatnonzero(~np.isin(values, np.arange(task.num_labels)))
         allowed = f"one of 0..{task.num_labels - 1} or {list(task.label_names)}"
+        words = [row for row, label in enumerate(labels) if _is_word(label)]
+        numbers = [row for row, label in enumerate(labels) if _is_number(label)]
+        if words and numbers:
+            # `1` beside `"entailment"`: which label an id means depends on an order the file does not state
+            # (the hub's, or the dataset's it came from); a guess could train on flipped labels
+            raise DataError(f"{where}: labels mix names and numbers (row {words[0]} has {labels[words[0]]!r}, "
+                            f"row {numbers[0]} has {labels[numbers[0]]!r}); write every label of the split one "
+                            f"way: all ids 0..{task.num_labels - 1} or all names {list(task.label_names)}")
+    if any(isinstance(label, str) for label in labels):  # names, as the TSVs of QNLI, RTE, MNLI spell them
+        ids = [parse_label(task, str(label), f"{where} row {row}") for row, label in enumerate(labels)]
+        return dataset.remove_columns("label").add_column("label", ids)
+    values = np.asarray([label if isinstance(label, (int, float)) else np.nan for label in labels],
+                        dtype=np.float64)  # None, a list: not a label
+    if task.is_regression:
+        bad = np.flatnonzero(~((values >= 0) & (values <= 5)))
+    else:
+        bad = np.flatnonzero(~np.isin(values, np.arange(task.num_labels)))
     if bad.size:
         raise DataError(f"{where}: row {int(bad[0])} has label {labels[bad[0]]!r}, outside the labels of "
                         f"{task.name} ({allowed}); {bad.size} such rows")
     return dataset
+
+
+def _where(kind: str, folder: str | None, data: str, split: str) -> str:
+    """What an error about a split names: its file where it has one."""
+    if kind == "tsv":
+        return split_path(folder, split)
+    files = _split_files(folder, split) if kind == "files" and split != "ax" else []
+    if files:
+        return files[0] + (f" (and {len(files) - 1} more {split} files)" if len(files) > 1 else "")
+    return f"--data {data} ({split})"
+
+
+def _is_number(label) -> bool:
+    """1, 3.8 or "1" (a CSV has no types); not a bool, None or a list."""
+    if isinstance(label, str):
+        try:
+            float(label)
+        except ValueError:
+            return False
+        return True
+    return isinstance(label, (int, float)) and not isinstance(label, bool)
+
+
+def _is_word(label) -> bool:
+    return isinstance(label, str) and not _is_number(label)
 
 
 def load_task(task: Task, data: str, with_test: bool = True) -> dict:
@@ -150,7 +186,7 @@ def load_task(task: Task, data: str, with_test: bool = True) -> dict:
     splits = {}
     wanted = [*required_splits(task), *(task.test_splits if with_test else ())]
     for split in wanted:
-        where = split_path(folder, split) if kind == "tsv" else f"--data {data} ({split})"
+        where = _where(kind, folder, data, split)
         try:
             raw = _load_split(task, kind, folder, split)
         except DataError:

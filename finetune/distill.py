@@ -12,7 +12,7 @@ which is what the soft targets are there to teach. Regression (STS-B): alpha * M
 The teacher may tokenize differently from the student: its outputs are computed once, from the raw text
 with its own tokenizer, and cached on disk under a key made of the training data's fingerprint, the
 teacher's files' sha256 and the length limit. A cache file is trusted only when its sha256 matches the one
-recorded beside it; a stale or damaged cache is rebuilt.
+recorded beside it and it holds a float32 array (read without unpickling); a stale or damaged cache is rebuilt.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from transformers import Trainer
 from formats.errors import UserError, one_line
 from formats.files import atomic_write_bytes, file_sha256
 
+from .model_folder import check_weights, load_classifier
 from .tasks import Task
 
 CACHE_FORMAT = 1
@@ -114,7 +115,7 @@ def teacher_label_order(task: Task, id2label: dict) -> list[int] | None:
 
 
 def check_teacher(folder: str, task: Task):
-    """The teacher's config, checked against the task before any compute."""
+    """The teacher's config and weights, checked against the task before any compute."""
     from transformers import AutoConfig
 
     if not os.path.isfile(os.path.join(folder, "config.json")):
@@ -126,14 +127,15 @@ def check_teacher(folder: str, task: Task):
     if config.num_labels != task.num_labels:
         raise TeacherError(f"--teacher {folder}: it has {config.num_labels} labels, {task.name} has "
                            f"{task.num_labels}; use a teacher finetuned on {task.name}")
+    check_weights(folder, "--teacher")
     return config
 
 
 def _teacher_logits(folder: str, task: Task, dataset, max_length: int, device, batch_size: int = 64) -> np.ndarray:
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+    from transformers import AutoTokenizer, DataCollatorWithPadding
 
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = AutoModelForSequenceClassification.from_pretrained(folder).to(device).eval()
+    model = load_classifier(folder, "--teacher").to(device).eval()
     texts = [dataset[column] for column in task.text_columns]
     collate = DataCollatorWithPadding(tokenizer)
     outputs = []
@@ -148,6 +150,16 @@ def _teacher_logits(folder: str, task: Task, dataset, max_length: int, device, b
     return logits[:, order] if order else logits
 
 
+def _read_cached(path: str) -> np.ndarray | None:
+    """A cached array of float32 logits, or None for anything else. `allow_pickle=False`: an .npy can hold
+    pickled objects, and a cache folder shared across runs may hold a file that another hand wrote."""
+    try:
+        logits = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        return None
+    return logits if logits.dtype == np.float32 and logits.ndim == 2 else None
+
+
 def teacher_outputs(folder: str, task: Task, dataset, data_fingerprint: str, max_length: int, cache_dir: str,
                     device) -> np.ndarray:
     """The teacher's logits for every row of `dataset`, from the cache when it is valid, else computed and
@@ -160,8 +172,8 @@ def teacher_outputs(folder: str, task: Task, dataset, data_fingerprint: str, max
         with open(record_path, encoding="utf-8") as handle:
             record = json.load(handle)
         if record.get("key") == key and file_sha256(array_path) == record.get("sha256"):
-            logits = np.load(array_path)
-            if logits.shape[0] == len(dataset):
+            logits = _read_cached(array_path)
+            if logits is not None and logits.shape[0] == len(dataset):
                 print(f"finetune: teacher outputs from the cache {array_path}", file=sys.stderr)
                 return logits
         print(f"finetune: the cached teacher outputs {array_path} do not match their record: computing them again",

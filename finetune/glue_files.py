@@ -87,7 +87,8 @@ def read_tsv(task: Task, path: str, split: str) -> dict[str, list]:
     text_columns = ("premise", "hypothesis") if split == "ax" else task.text_columns
     columns: dict[str, list] = {name: [] for name in (*text_columns, "label", "idx")}
     skipped: list[int] = []
-    with open(path, encoding="utf-8", newline="") as handle:
+    # utf-8-sig: a BOM (as Excel and some editors write) would otherwise glue itself to the first header
+    with open(path, encoding="utf-8-sig", newline="") as handle:
         rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
         if layout.headerless_train and labelled:
             label_at, text_at = layout.headerless_train

@@ -18,27 +18,24 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import sys
 
 import numpy as np
 
-from formats.errors import UserError, one_line
 from formats.files import atomic_folder, atomic_write_bytes
 
 from .config import FinetuneConfig, FinetuneConfigError, describe
 from .data import fingerprint, load_task
 from .metrics import main_metric, split_metrics
+from .model_folder import check_weights, is_refused_pickle, load_classifier, load_tokenizer, refused_checkpoint
 from .tasks import DEV_SUFFIX, Task, get_task
 
 RESULTS_FILE = "results.json"
 RUN_CONFIG_FILE = "run_config.json"
 TRAINER_STATE = "trainer_state.json"
 EVAL_BATCH = 64
-
-
-class ModelFolderError(UserError):
-    """A model folder that transformers cannot load; the message names it."""
 
 
 def world_size() -> int:
@@ -79,26 +76,14 @@ def precision_flags(precision: str) -> dict:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
-def load_tokenizer(folder: str, flag: str = "--model"):
-    from transformers import AutoTokenizer
-
-    if not os.path.isfile(os.path.join(folder, "config.json")):
-        raise ModelFolderError(f"{flag} {folder}: no config.json; not a transformers model folder")
-    try:
-        return AutoTokenizer.from_pretrained(folder)
-    except Exception as error:
-        raise ModelFolderError(f"{flag} {folder}: no usable tokenizer files ({one_line(error, 160)}); an export "
-                               "needs --vocab (python -m pretrain export --vocab DIR)") from None
-
-
 def load_student(folder: str, task: Task, seed: int):
     """The model with a fresh classifier head of the task's size (a head of another size is replaced)."""
-    from transformers import AutoModelForSequenceClassification, set_seed
+    from transformers import set_seed
 
     set_seed(seed)  # the new classifier's initialization
     labels = dict(enumerate(task.label_names)) if not task.is_regression else {0: "score"}
-    model, info = AutoModelForSequenceClassification.from_pretrained(
-        folder, num_labels=task.num_labels, id2label=labels, label2id={v: k for k, v in labels.items()},
+    model, info = load_classifier(
+        folder, "--model", num_labels=task.num_labels, id2label=labels, label2id={v: k for k, v in labels.items()},
         problem_type="regression" if task.is_regression else "single_label_classification",
         ignore_mismatched_sizes=True, output_loading_info=True)
     new = sorted(set(info["missing_keys"]) | {key for key, *_ in info.get("mismatched_keys", [])})
@@ -191,6 +176,7 @@ def run_glue(config: FinetuneConfig, callbacks: tuple = ()) -> dict:
     # Everything that can be wrong with the input is found here, before any compute.
     splits = load_task(task, config.data, with_test=config.predict)
     tokenizer = load_tokenizer(config.model)
+    check_weights(config.model, "--model")
     if config.teacher:
         check_teacher(config.teacher, task)
     micro, accumulation = micro_batch_and_accumulation(config, world_size())
@@ -251,7 +237,12 @@ def run_glue(config: FinetuneConfig, callbacks: tuple = ()) -> dict:
     resume = complete_checkpoint(checkpoint_dir)
     if resume:
         log(f"resuming from {resume}")
-    train_output = trainer.train(resume_from_checkpoint=resume)
+    try:
+        train_output = trainer.train(resume_from_checkpoint=resume)
+    except pickle.UnpicklingError as error:  # the Trainer reads its checkpoint's states with weights_only=True
+        if resume and is_refused_pickle(error):
+            raise refused_checkpoint(resume, error) from None
+        raise
 
     metrics = {}  # the best model (load_best_model_at_end) on every dev set
     for name, data in (dev_sets.items() if isinstance(dev_sets, dict) else [(None, dev_sets)]):

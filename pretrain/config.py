@@ -11,6 +11,7 @@ import dataclasses
 import fnmatch
 import json
 import math
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -179,7 +180,8 @@ class LoggingConfig:
     """The run's display name in W&B and MLflow. Empty: the name the backend makes up."""
     mlflow_tracking_uri: str = ""
     """A server (http://host:5000) or a local store (sqlite:///path/mlflow.db). Empty: MLFLOW_TRACKING_URI,
-    else MLflow's default (sqlite:///mlflow.db in the working folder)."""
+    else MLflow's default (sqlite:///mlflow.db in the working folder). Credentials in it
+    (https://user:token@host) are used to connect and shown nowhere (`redact_uri`)."""
 
     def validate(self) -> None:
         if self.every_steps < 1:
@@ -253,7 +255,35 @@ class RunConfig:
         self.logging.validate()
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The config as plain data, as it leaves the process: the `resolved config` line, the W&B and MLflow
+        parameters, every checkpoint. Credentials in any URI are masked (`redacted`); the connections read
+        the fields themselves."""
+        return redacted(dataclasses.asdict(self))
+
+
+# scheme://userinfo@ (userinfo up to the last @ before the path); a query parameter named like a secret
+_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@")
+_SECRET_QUERY = re.compile(r"([?&;][^=&#\s]*(?:token|secret|passw|pwd|key|auth|sig|credential)[^=&#\s]*=)[^&#\s]*",
+                           re.IGNORECASE)
+REDACTED = "***"
+
+
+def redact_uri(text: str) -> str:
+    """`text` (a URI, or a message holding URIs) with credentials masked: the whole userinfo of
+    `scheme://user:password@host` (a token may stand in the user's place, so the user goes too) and the
+    values of query parameters named like a secret (`?token=`, `&api_key=`, `&sig=`) become `***`."""
+    return _SECRET_QUERY.sub(r"\1" + REDACTED, _USERINFO.sub(r"\1" + REDACTED + "@", text))
+
+
+def redacted(values):
+    """A copy of nested dicts, lists and strings with `redact_uri` applied to every string."""
+    if isinstance(values, str):
+        return redact_uri(values)
+    if isinstance(values, dict):
+        return {key: redacted(value) for key, value in values.items()}
+    if isinstance(values, (list, tuple)):
+        return type(values)(redacted(value) for value in values)
+    return values
 
 
 # What a resumed run may change, as dotted keys of `RunConfig.to_dict()` (`*` = any phase): how the run is

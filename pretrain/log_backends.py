@@ -21,6 +21,10 @@ TensorBoard and MLflow keep both points. W&B drops a row whose step is below its
 goes to W&B as the metric `global_step`, declared every scalar's x-axis (`define_metric`), and W&B's own
 `_step` keeps counting rows.
 
+**Credentials** in a tracking URI (`https://user:token@host`, `?token=...`) are used to connect and shown
+nowhere: messages, console lines and parameters carry `pretrain.config.redact_uri`'s form (`https://***@host`),
+library errors included.
+
 **A backend that fails mid-run** (a server gone for longer than its client retries) is reported in one line
 and left out for the rest of this invocation, with the count of steps it missed at the end: training goes
 on, TensorBoard (if chosen) keeps every scalar, and the next invocation logs to the same run again.
@@ -28,17 +32,19 @@ on, TensorBoard (if chosen) keeps every scalar, and the next invocation logs to 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from formats.errors import UserError, one_line
 from formats.files import atomic_write_bytes
 
-from .config import LoggingConfig
+from .config import LoggingConfig, redact_uri, redacted
 
 RUNS_FILE = "logging_runs.json"  # in checkpoint.dir: {"wandb": id, "mlflow": id}
 DEFAULT_PROJECT = "squeezebert-pretrain"
@@ -64,19 +70,23 @@ def check(config: LoggingConfig) -> None:
             importlib.import_module(name)
         except Exception as error:  # ImportError, or a broken install's own error at import
             raise BackendError(f"logging.backends: {name!r} needs the {name} package, which does not import here "
-                               f"({one_line(error)}); {INSTALL[name]}, or take {name!r} out of logging.backends") \
-                from None
+                               f"({redact_uri(one_line(error))}); {INSTALL[name]}, or take {name!r} out of "
+                               "logging.backends") from None
         CHECKS[name](config)
 
 
 def unreachable(url: str) -> str | None:
-    """Why `url` does not answer within SERVER_TIMEOUT_S, or None when it answers (any HTTP status)."""
+    """Why `url` does not answer within SERVER_TIMEOUT_S, or None when it answers (any HTTP status). The
+    userinfo is left out of the request: urllib would take `user:token@host` for a host name, and any
+    answer, a 401 included, says the server is there."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
     try:
-        urllib.request.urlopen(url, timeout=SERVER_TIMEOUT_S).close()
+        urllib.request.urlopen(parts._replace(netloc=netloc).geturl(), timeout=SERVER_TIMEOUT_S).close()
     except urllib.error.HTTPError:
         return None  # an answer, if not a happy one: the server is there
     except (urllib.error.URLError, OSError, ValueError) as error:
-        return one_line(getattr(error, "reason", error))
+        return redact_uri(one_line(getattr(error, "reason", error)))
     return None
 
 
@@ -88,7 +98,8 @@ def check_wandb(config: LoggingConfig) -> None:
         return
     failure = unreachable(settings.base_url)
     if failure:
-        raise BackendError(f"logging.backends: the W&B server {settings.base_url} does not answer ({failure}); "
+        raise BackendError(f"logging.backends: the W&B server {redact_uri(settings.base_url)} does not answer "
+                           f"({failure}); "
                            "check the network or WANDB_BASE_URL, or set WANDB_MODE=offline and `wandb sync` later")
 
 
@@ -105,11 +116,13 @@ def mlflow_tracking_uri(config: LoggingConfig) -> tuple[str, str]:
 
 def check_mlflow(config: LoggingConfig) -> None:
     uri, source = mlflow_tracking_uri(config)
+    shown = redact_uri(uri)
     if uri.startswith(("http://", "https://")):
         # our own request with a short timeout: MLflow's client retries an unreachable server for minutes
-        failure = unreachable(uri.rstrip("/") + "/health")
+        parts = urllib.parse.urlsplit(uri)
+        failure = unreachable(parts._replace(path=parts.path.rstrip("/") + "/health").geturl())
         if failure:
-            raise BackendError(f"{source} = {uri}: the MLflow server does not answer ({failure}); start it, or "
+            raise BackendError(f"{source} = {shown}: the MLflow server does not answer ({failure}); start it, or "
                                f"set {source.split(' (')[0]} to a server that answers")
         return
     from mlflow import MlflowClient
@@ -117,8 +130,20 @@ def check_mlflow(config: LoggingConfig) -> None:
     try:  # a local store: open it (a sqlite file is created here)
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as error:
-        raise BackendError(f"{source} = {uri}: MLflow cannot open this store ({one_line(error, 300)}); use a "
-                           "server (http://host:5000) or sqlite:///path/mlflow.db") from None
+        raise BackendError(f"{source} = {shown}: MLflow cannot open this store ({redact_uri(one_line(error, 300))}); "
+                           "use a server (http://host:5000) or sqlite:///path/mlflow.db") from None
+
+
+@contextlib.contextmanager
+def credentials_masked():
+    """A library error raised inside is raised again as a `BackendError` whose message has the URI's
+    credentials masked: MLflow's errors quote the full URL it called."""
+    try:
+        yield
+    except BackendError:
+        raise
+    except Exception as error:
+        raise BackendError(redact_uri(one_line(error, 300))) from None
 
 
 CHECKS = {"wandb": check_wandb, "mlflow": check_mlflow}
@@ -187,7 +212,8 @@ class MLflow:
                 client.update_run(run_id, status="RUNNING")
                 logged = run.data.params
             else:
-                line(f"mlflow: run {run_id} (recorded by the earlier invocation) is not in {uri}; starting a new run")
+                line(f"mlflow: run {run_id} (recorded by the earlier invocation) is not in {redact_uri(uri)}; "
+                     "starting a new run")
                 run_id = None
         if not run_id:
             name = config.project or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_PROJECT
@@ -221,14 +247,16 @@ class MLflow:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(tag, float(value), now, step)
-                                                    for tag, value in values.items()])
+        with credentials_masked():
+            self.client.log_batch(self.run_id, metrics=[Metric(tag, float(value), now, step)
+                                                        for tag, value in values.items()])
 
     def flush(self) -> None:
         pass  # each step's request has returned
 
     def close(self, outcome: str) -> None:
-        self.client.set_terminated(self.run_id, status=MLFLOW_STATUS[outcome])
+        with credentials_masked():
+            self.client.set_terminated(self.run_id, status=MLFLOW_STATUS[outcome])
 
 
 BACKENDS = {"tensorboard": TensorBoard, "wandb": WandB, "mlflow": MLflow}
@@ -267,7 +295,9 @@ def read_recorded_runs(checkpoint_dir: str) -> dict:
 
 def open_backends(config: LoggingConfig, params: dict, resumed: dict, checkpoint_dir: str, line) -> list:
     """Every chosen backend, open; W&B and MLflow continue the run the checkpoint (else `RUNS_FILE`) names.
-    Rank 0 only. A backend that cannot open is a `BackendError`, the ones already open closed as failed."""
+    `params` (the resolved config) reach them with credentials masked. Rank 0 only. A backend that cannot
+    open is a `BackendError`, the ones already open closed as failed."""
+    params = redacted(params)  # RunConfig.to_dict has masked them already; any other caller's too
     recorded = read_recorded_runs(checkpoint_dir)
     backends = []
     try:
@@ -278,8 +308,8 @@ def open_backends(config: LoggingConfig, params: dict, resumed: dict, checkpoint
             except BackendError:
                 raise
             except Exception as error:
-                raise BackendError(f"logging.backends: could not open the {name} run ({one_line(error, 300)})") \
-                    from None
+                raise BackendError(f"logging.backends: could not open the {name} run "
+                                   f"({redact_uri(one_line(error, 300))})") from None
         runs = {**recorded, **{backend.name: backend.run_id for backend in backends if backend.run_id}}
         if runs != recorded:  # before the first step: a restart that finds no checkpoint continues these runs
             atomic_write_bytes(os.path.join(checkpoint_dir, RUNS_FILE), json.dumps(runs, indent=1).encode())

@@ -259,3 +259,93 @@ def test_bad_input_is_one_line_before_any_compute(student, vocab_dir, tmp_path, 
     fails(["--data", GLUE, "--batch-size", "16", "--micro-batch", "5"], "--batch-size 16 does not divide")
     fails(["--data", GLUE, "--alpha", "1.5"], "--alpha 1.5: must be within [0, 1]")
     fails(["--data", GLUE, "--teacher", str(tmp_path / "nowhere")], "no config.json")
+
+
+class Payload:
+    """Unpickling it creates a file: what a pickle from elsewhere can do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def with_pickled_weights(folder, copy_to, marker, keep_safetensors):
+    """A copy of a model folder whose weights are also (or only) a `pytorch_model.bin` that creates `marker`
+    when unpickled: the real tensors, plus the payload."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    shutil.copytree(folder, copy_to)
+    weights = load_file(os.path.join(copy_to, "model.safetensors"))
+    torch.save({**weights, "payload": Payload(str(marker))}, os.path.join(copy_to, "pytorch_model.bin"))
+    if not keep_safetensors:
+        os.remove(os.path.join(copy_to, "model.safetensors"))
+    return str(copy_to)
+
+
+def test_a_model_whose_only_weights_are_a_pickle_that_runs_code_is_refused_in_one_line(student, tmp_path):
+    """The real CLI, before any compute; the same file with tensors only (an older export) still loads."""
+    from finetune.model_folder import check_weights, load_classifier
+
+    marker = tmp_path / "payload-ran"
+    model = with_pickled_weights(student, tmp_path / "model", marker, keep_safetensors=False)
+    err = one_line_error(run_finetune("glue", "--task", "rte", "--model", model, "--data", GLUE, "--out",
+                                      tmp_path / "out"))
+    assert f"--model {model}: pytorch_model.bin refused: it holds more than tensors" in err
+    assert not marker.exists() and not (tmp_path / "out").exists()
+    from safetensors.torch import load_file
+
+    torch.save(load_file(os.path.join(student, "model.safetensors")), os.path.join(model, "pytorch_model.bin"))
+    check_weights(model)
+    load_classifier(model, num_labels=2)
+
+
+def test_a_pickle_beside_safetensors_is_never_read_and_the_run_works(student, vocab_dir, tmp_path):
+    """transformers prefers model.safetensors, and the project says so (`use_safetensors`): student and teacher
+    both carry a payload beside their safetensors, and a distilled run completes from the safe files."""
+    marker = tmp_path / "payload-ran"
+    model = with_pickled_weights(student, tmp_path / "model", marker, keep_safetensors=True)
+    teacher = with_pickled_weights(bert_classifier(str(tmp_path / "teacher_src"), vocab_dir, 2), tmp_path / "teacher",
+                                   marker, keep_safetensors=True)
+    results = run_glue(build_config(("", {**FAST, "task": "rte", "model": model, "teacher": teacher, "data": GLUE,
+                                          "out": str(tmp_path / "out"), "max_steps": 1, "predict": False})))
+    assert results["steps"] == 1 and not marker.exists()
+
+
+def test_a_teacher_whose_only_weights_are_a_pickle_is_refused_before_any_compute(student, vocab_dir, tmp_path,
+                                                                                 capsys):
+    from finetune.__main__ import main
+
+    marker = tmp_path / "payload-ran"
+    teacher = with_pickled_weights(bert_classifier(str(tmp_path / "teacher_src"), vocab_dir, 2), tmp_path / "teacher",
+                                   marker, keep_safetensors=False)
+    code = main(["glue", "--task", "rte", "--model", student, "--teacher", teacher, "--data", GLUE, "--out",
+                 str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"finetune: error: --teacher {teacher}: pytorch_model.bin refused" in err, err
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_a_pickle_in_a_trainer_checkpoint_stops_the_resume_in_one_line(student, tmp_path, capsys):
+    """The Trainer reads a checkpoint's optimizer, scheduler and RNG states with `weights_only=True`; a payload
+    there (a shared or copied --out) is refused in one line that says how to go on."""
+    from finetune.__main__ import main
+
+    flags = ["--task", "rte", "--model", student, "--data", GLUE, "--out", str(tmp_path / "run"), "--batch-size", "8",
+             "--max-steps", "4", "--eval-every-steps", "2", "--max-length", "48", "--no-predict"]
+    settings = {**FAST, "task": "rte", "model": student, "data": GLUE, "out": str(tmp_path / "run"), "batch_size": 8,
+                "max_steps": 4, "eval_every_steps": 2, "predict": False}
+    with pytest.raises(KeyboardInterrupt):
+        run_glue(build_config(("", settings)), callbacks=(StopAt(3),))
+    checkpoint = tmp_path / "run" / "checkpoints" / "checkpoint-2"
+    marker = tmp_path / "payload-ran"
+    torch.save({"python": Payload(str(marker))}, checkpoint / "rng_state.pth")
+    capsys.readouterr()
+    code = main(["glue", *flags, "--log-every-steps", "1000", "--warmup-fraction", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"finetune: error: {checkpoint}: refused: a file of this checkpoint holds more than " \
+        "tensors, and unpickling it would run io.open; remove" in err, err
+    assert not marker.exists()

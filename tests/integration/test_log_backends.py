@@ -21,6 +21,7 @@ from tests.integration.test_trainer import all_scalars, train_command
 SMALL = ("phases.0.steps=3", "phases.1.steps=2", "phases.0.global_batch=8", "phases.1.global_batch=4")
 ALL = 'logging.backends=["tensorboard", "wandb", "mlflow"]'
 WANDB_META = ("global_step", "_step", "_runtime", "_timestamp")
+SECRET = "s3cr3t-T0KEN"
 
 
 def backend_env(tmp_path, **extra):
@@ -159,11 +160,12 @@ def test_a_backend_that_cannot_work_is_one_line_before_compute(shard_root, tmp_p
         overrides = ('logging.backends=["tensorboard", "wandb"]',)
         fragment = ("logging.backends: 'wandb' needs the wandb package, which does not import here (No module named "
                     "'wandb'); pip install 'squeezebert-pretrain[wandb]', or take 'wandb' out of logging.backends")
-    else:
-        uri = f"http://127.0.0.1:{closed_port()}"
+    else:  # credentials in the URI: used, never shown (the line has *** in their place)
+        port = closed_port()
+        uri = f"http://alice:{SECRET}@127.0.0.1:{port}"
         env = backend_env(tmp_path)
         overrides = ('logging.backends=["mlflow"]', f'logging.mlflow_tracking_uri="{uri}"')
-        fragment = f"logging.mlflow_tracking_uri = {uri}: the MLflow server does not answer ("
+        fragment = f"logging.mlflow_tracking_uri = http://***@127.0.0.1:{port}: the MLflow server does not answer ("
     started = time.monotonic()
     result = subprocess.run(train_command(shard_root, *overrides), cwd=tmp_path, capture_output=True, text=True,
                             timeout=300, env=env)
@@ -172,3 +174,20 @@ def test_a_backend_that_cannot_work_is_one_line_before_compute(shard_root, tmp_p
     assert last.startswith("pretrain: error: ") and fragment in last, last
     assert "resolved config" not in result.stderr and not (tmp_path / "checkpoints").exists()  # before any compute
     assert time.monotonic() - started < 120
+    assert SECRET not in result.stdout + result.stderr
+
+
+def test_the_resolved_config_line_and_the_checkpoints_hold_no_credentials(shard_root, tmp_path):
+    """A URI with credentials in the config (MLflow not chosen, so nothing connects): the `resolved config`
+    line and the checkpoint's saved config show it with `***`; the secret is in no output and no file."""
+    uri = f"https://alice:{SECRET}@mlflow.example.com/?token={SECRET}"
+    result = subprocess.run(train_command(shard_root, "phases.0.steps=1", "phases.1.steps=1",
+                                          "phases.0.global_batch=4", "phases.1.global_batch=4",
+                                          f'logging.mlflow_tracking_uri="{uri}"'),
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300, env=backend_env(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    (line,) = [line for line in result.stderr.splitlines() if "resolved config" in line]
+    assert '"mlflow_tracking_uri": "https://***@mlflow.example.com/?token=***"' in line
+    assert SECRET not in result.stdout + result.stderr
+    files = [path for path in glob.glob(str(tmp_path / "**"), recursive=True) if os.path.isfile(path)]
+    assert files and not [path for path in files if SECRET.encode() in open(path, "rb").read()]

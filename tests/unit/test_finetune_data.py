@@ -2,6 +2,7 @@
 and the metrics of every task against scikit-learn / scipy on the same predictions."""
 
 import csv
+import json
 import os
 
 import numpy as np
@@ -185,3 +186,46 @@ def test_the_shipped_finetune_configs_load():
     assert runs[1][1].model.endswith(os.path.join("mnli", "headless"))
     rte = build_config(("", read_toml(os.path.join(folder, "glue-rte.toml"))))
     assert (rte.task, rte.learning_rate, rte.batch_size, rte.max_length) == ("rte", 3e-5, 16, 128)
+
+
+@pytest.mark.parametrize("form", ["jsonl", "csv"])
+def test_labels_that_mix_names_and_ids_are_one_error_naming_the_file_and_rows(tmp_path, form):
+    """`1` beside `"entailment"`: the id's meaning depends on an order the file does not state, so it is
+    refused, not guessed; a split written one way (all names, or all ids) loads."""
+    folder = tmp_path / "rte"
+    folder.mkdir()
+    rows = [("a", "b", 1), ("c", "d", "entailment")]
+    for split in ("train", "validation"):
+        if form == "jsonl":
+            lines = [json.dumps({"sentence1": a, "sentence2": b, "label": label}) for a, b, label in rows]
+        else:
+            lines = ["sentence1,sentence2,label", *(f"{a},{b},{label}" for a, b, label in rows)]
+        (folder / f"{split}.{form}").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError) as raised:
+        load_task(get_task("rte"), str(tmp_path), with_test=False)
+    message = str(raised.value)
+    assert message.startswith(f"{folder / f'train.{form}'}: labels mix names and numbers (row 1 has 'entailment', "
+                              "row 0 has ")
+    assert message.endswith("write every label of the split one way: all ids 0..1 or all names "
+                            "['entailment', 'not_entailment']") and "\n" not in message
+    if form == "jsonl":  # the same meaning written one way loads
+        for split in ("train", "validation"):
+            (folder / f"{split}.jsonl").write_text("".join(json.dumps({"sentence1": "a", "sentence2": "b",
+                                                                       "label": label}) + "\n"
+                                                           for label in ("entailment", "not_entailment")))
+        assert load_task(get_task("rte"), str(tmp_path), with_test=False)["train"]["label"] == [0, 1]
+
+
+@pytest.mark.parametrize("glue_dir", ["SST-2", "QQP"])
+def test_a_byte_order_mark_at_the_start_of_a_tsv_is_ignored(tmp_path, glue_dir):
+    """Excel and some editors start a UTF-8 file with a BOM. SST-2's first header is a text column (refused as
+    missing before); QQP's is `id` (its test ids silently became row numbers before)."""
+    task = next(task for task in TASKS.values() if task.glue_dir == glue_dir)
+    (tmp_path / glue_dir).mkdir()
+    for name in os.listdir(os.path.join(GLUE, glue_dir)):
+        with open(os.path.join(GLUE, glue_dir, name), "rb") as handle:
+            (tmp_path / glue_dir / name).write_bytes(b"\xef\xbb\xbf" + handle.read())
+    expected = load_task(task, GLUE)
+    loaded = load_task(task, str(tmp_path))
+    assert {split: fingerprint(data) for split, data in loaded.items()} == \
+        {split: fingerprint(data) for split, data in expected.items()}

@@ -92,3 +92,39 @@ def test_teacher_outputs_are_cached_checked_by_sha256_and_rebuilt_when_stale(tin
         json.dump(config, handle)
     teacher_outputs(tiny_teacher, rte, data, "data-a", 32, cache, "cpu")
     assert len([name for name in os.listdir(cache) if name.endswith(".npy")]) == 3
+
+
+class Payload:
+    """Unpickling it creates a file: what a pickle from elsewhere can do."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_pickle_in_the_teacher_cache_is_not_loaded_and_the_outputs_are_computed_again(tiny_teacher, tmp_path,
+                                                                                          capsys):
+    """A shared `--teacher-cache` holding an .npy of pickled objects with a matching record (whoever wrote the
+    file wrote its sha256 too): read without unpickling, taken for damaged, rebuilt."""
+    import datasets
+
+    from formats.files import file_sha256
+
+    rte = get_task("rte")
+    data = datasets.Dataset.from_dict({"sentence1": ["the cat", "a dog"], "sentence2": ["x", "y"], "label": [0, 1],
+                                       "idx": [0, 1]})
+    cache = tmp_path / "cache"
+    first = teacher_outputs(tiny_teacher, rte, data, "data-a", 32, str(cache), "cpu")
+    (array,) = cache.glob("*.npy")
+    marker = tmp_path / "payload-ran"
+    np.save(array, np.array([Payload(str(marker)), Payload(str(marker))], dtype=object), allow_pickle=True)
+    record_path = array.with_suffix(".json")
+    record = json.loads(record_path.read_text())
+    record_path.write_text(json.dumps({**record, "sha256": file_sha256(str(array))}))
+    capsys.readouterr()
+    again = teacher_outputs(tiny_teacher, rte, data, "data-a", 32, str(cache), "cpu")
+    assert not marker.exists()
+    assert np.array_equal(again, first) and "computing them again" in capsys.readouterr().err
+    assert np.load(array, allow_pickle=False).dtype == np.float32  # the rebuilt file

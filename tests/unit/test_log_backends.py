@@ -1,12 +1,15 @@
 """Logging backends in one process: MLflow's parameters, an unknown run id, the runs file, a backend that
 fails mid-run, and a server that does not answer. Real MLflow (a sqlite store in a temporary folder)."""
 
+import dataclasses
+import http.server
 import json
 import socket
+import threading
 
 import pytest
 
-from pretrain.config import LoggingConfig
+from pretrain.config import LoggingConfig, RunConfig, redact_uri
 from pretrain.log_backends import RUNS_FILE, BackendError, MLflow, check, flatten, open_backends, unreachable
 from pretrain.metrics import Metrics
 from pretrain.model import ModelConfig
@@ -100,3 +103,92 @@ def test_a_server_that_does_not_answer_is_found_fast():
     with pytest.raises(BackendError, match="the MLflow server does not answer"):
         check(config)
     check(LoggingConfig())  # TensorBoard alone: nothing to check
+
+
+def closed_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize("uri, shown", [
+    ("https://alice:s3cr3t@mlflow.example.com/api", "https://***@mlflow.example.com/api"),
+    ("https://ghp_T0KEN@host:5000", "https://***@host:5000"),  # a token in the user's place
+    ("http://bob:p@ss:w0rd@127.0.0.1:5000/", "http://***@127.0.0.1:5000/"),  # an unescaped @ in the password
+    ("https://host/mlflow?token=abc123&experiment=7&api_key=k", "https://host/mlflow?token=***&experiment=7&api_key=***"),
+    ("sqlite:////tmp/mlflow.db", "sqlite:////tmp/mlflow.db"),
+    ("API request to http://u:pw@h:1/api/2.0 failed; mail a@b.org",
+     "API request to http://***@h:1/api/2.0 failed; mail a@b.org"),
+])
+def test_redact_uri_masks_the_userinfo_and_secret_query_values(uri, shown):
+    assert redact_uri(uri) == shown
+
+
+SECRET = "s3cr3t-T0KEN"
+
+
+def test_the_resolved_config_and_the_logged_parameters_hold_no_credentials(mlflow_uri, tmp_path):
+    """`RunConfig.to_dict` (the `resolved config` line, the parameters, every checkpoint) masks them while the
+    field keeps the real URI to connect with; `open_backends` masks what any other caller hands it."""
+    secret_uri = f"https://alice:{SECRET}@mlflow.example.com/?token={SECRET}"
+    config = RunConfig(logging=LoggingConfig(mlflow_tracking_uri=secret_uri))
+    assert SECRET not in json.dumps(config.to_dict()) and config.logging.mlflow_tracking_uri == secret_uri
+    assert config.to_dict()["logging"]["mlflow_tracking_uri"] == "https://***@mlflow.example.com/?token=***"
+    store = LoggingConfig(backends=["mlflow"], mlflow_tracking_uri=mlflow_uri)
+    (backend,) = open_backends(store, dataclasses.asdict(config), {}, str(tmp_path), print)  # unmasked in
+    backend.close("complete")
+    params = backend.client.get_run(backend.run_id).data.params
+    assert params["logging.mlflow_tracking_uri"] == "https://***@mlflow.example.com/?token=***"
+    assert not [key for key, value in params.items() if SECRET in value]
+
+
+def test_credentials_in_a_tracking_uri_reach_no_message_or_console_line(mlflow_uri, tmp_path, monkeypatch, capfd):
+    """A server that does not answer, at start and mid-run: the check's message, MLflow's own error (which
+    quotes the URL it called) and the console lines name the server with `***` for its credentials."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow's client retries for minutes otherwise
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    secret_uri = f"http://alice:{SECRET}@127.0.0.1:{closed_port()}"
+    config = LoggingConfig(backends=["mlflow"], mlflow_tracking_uri=secret_uri)
+    messages = []
+    for attempt in (lambda: check(config), lambda: open_backends(config, {}, {}, str(tmp_path), print)):
+        with pytest.raises(BackendError) as raised:
+            attempt()
+        messages.append(str(raised.value))
+    assert "the MLflow server does not answer" in messages[0] and "could not open the mlflow run" in messages[1]
+    assert all("http://***@127.0.0.1:" in message and SECRET not in message for message in messages), messages
+    # a run that lost its server: Metrics' lines say why, without the credentials
+    backend = MLflow(LoggingConfig(backends=["mlflow"], mlflow_tracking_uri=mlflow_uri), None, {}, print)
+    from mlflow import MlflowClient
+
+    backend.client = MlflowClient(secret_uri)  # the server the run talks to, gone
+    metrics = Metrics(config, ModelConfig.preset("squeezebert-tiny"), rank=0, world_size=1)
+    metrics.backends = [backend]
+    metrics.evaluation(4, 2.0, None)
+    metrics.close("failed")
+    console = capfd.readouterr()
+    assert "mlflow: could not log step 4 (API request to http://***@127.0.0.1:" in console.err
+    assert SECRET not in console.out + console.err
+
+
+def test_a_server_behind_credentials_is_checked_without_them_in_the_request():
+    """urllib would read `alice:token@127.0.0.1` as a host name: the probe leaves the userinfo out."""
+    paths = []
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            paths.append(self.path)
+            self.send_response(401)  # an MLflow behind basic auth: an answer all the same
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        check(LoggingConfig(backends=["mlflow"],
+                            mlflow_tracking_uri=f"http://alice:{SECRET}@127.0.0.1:{server.server_port}/"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert paths == ["/health"]

@@ -1,0 +1,102 @@
+"""Reading a transformers model folder (the student, a teacher, the headless MNLI model) without running code
+from it.
+
+A `pytorch_model.bin` is a pickle, and unpickling one can run any code its writer put there. Weights are
+therefore read from safetensors whenever the folder has them (transformers' own preference, stated here
+rather than left to its defaults), and a folder with only `pytorch_model*.bin` is read with
+`weights_only=True`: tensors load, anything else is refused in one line. `check_weights` does this before
+any compute; `load_classifier` loads the same way and turns any failure into one line naming the flag.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pickle
+import re
+import zipfile
+
+from formats.errors import UserError, one_line
+
+SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
+PICKLED_WEIGHTS = "pytorch_model*.bin"  # pytorch_model.bin, or its shards pytorch_model-00001-of-00002.bin
+
+
+class ModelFolderError(UserError):
+    """A model folder that cannot be used; the message names the flag, the folder and what to do."""
+
+
+def has_safetensors(folder: str) -> bool:
+    return any(os.path.isfile(os.path.join(folder, name)) for name in SAFETENSORS_FILES)
+
+
+def is_refused_pickle(error: BaseException) -> bool:
+    """torch.load(weights_only=True) met something other than tensors (its message says so, not its type)."""
+    return isinstance(error, pickle.UnpicklingError) and "weights only load failed" in str(error).lower()
+
+
+def what_it_would_run(error: BaseException) -> str:
+    """The callable a refused pickle names (`io.open`), from torch's message, else `code`."""
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+    return found.group(1) if found else "code"
+
+
+def _refusal(flag: str, folder: str, name: str, error: BaseException) -> ModelFolderError:
+    return ModelFolderError(f"{flag} {folder}: {name} refused: it holds more than tensors, and unpickling it would "
+                            f"run {what_it_would_run(error)}; give a folder with model.safetensors (convert the file "
+                            "with a tool you trust)")
+
+
+def refused_checkpoint(checkpoint: str, error: BaseException) -> ModelFolderError:
+    """A Trainer checkpoint (`checkpoints/checkpoint-N/`) whose optimizer, scheduler or RNG state is a pickle
+    that `weights_only=True` refused."""
+    return ModelFolderError(f"{checkpoint}: refused: a file of this checkpoint holds more than tensors, and "
+                            f"unpickling it would run {what_it_would_run(error)}; remove {checkpoint} to resume "
+                            "from the one before it, or use another --out to start over")
+
+
+def check_weights(folder: str, flag: str = "--model") -> None:
+    """The folder's weights can be read as tensors: safetensors, or every `pytorch_model*.bin` read with
+    `weights_only=True` (memory-mapped: the check reads little more than the pickle's index)."""
+    import torch
+
+    if has_safetensors(folder):
+        return
+    pickled = sorted(glob.glob(os.path.join(folder, PICKLED_WEIGHTS)))
+    if not pickled:
+        raise ModelFolderError(f"{flag} {folder}: no weights (model.safetensors or pytorch_model.bin); not a "
+                               "transformers model folder")
+    for path in pickled:
+        try:
+            torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+            if is_refused_pickle(error):
+                raise _refusal(flag, folder, os.path.basename(path), error) from None
+            raise ModelFolderError(f"{flag} {folder}: {os.path.basename(path)} is not a readable weights file "
+                                   f"({one_line(error, 160)})") from None
+
+
+def load_classifier(folder: str, flag: str = "--model", **kwargs):
+    """`AutoModelForSequenceClassification.from_pretrained(folder, **kwargs)` from safetensors when the folder
+    has them, else with `weights_only=True`; a failure is one line naming `flag`."""
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            folder, use_safetensors=has_safetensors(folder) or None, weights_only=True, **kwargs)
+    except Exception as error:  # a refused pickle, a damaged file, a config transformers does not know: one line
+        if is_refused_pickle(error):
+            raise _refusal(flag, folder, "its pytorch_model.bin", error) from None
+        raise ModelFolderError(f"{flag} {folder}: transformers cannot load it ({one_line(error, 200)})") from None
+
+
+def load_tokenizer(folder: str, flag: str = "--model"):
+    from transformers import AutoTokenizer
+
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise ModelFolderError(f"{flag} {folder}: no config.json; not a transformers model folder")
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except Exception as error:
+        raise ModelFolderError(f"{flag} {folder}: no usable tokenizer files ({one_line(error, 160)}); an export "
+                               "needs --vocab (python -m pretrain export --vocab DIR)") from None
