@@ -34,8 +34,9 @@ import torch.nn.functional as F
 
 from formats.errors import UserError
 from formats.layout import vocab_beside
+from formats.vocabulary import short
 
-from .checkpoint import MODEL_CONFIG_KEY, VOCAB_DIR_KEY, Checkpointer, CheckpointError
+from .checkpoint import MODEL_CONFIG_KEY, VOCAB_DIR_KEY, VOCAB_SHA256_KEY, Checkpointer, CheckpointError
 from .config import RunConfig, RunConfigError, deepspeed_config, gradient_accumulation
 from .data import Batcher, MaskingConfig, MicroBatches, ShardSet, step_loader
 from .distributed import (
@@ -133,6 +134,11 @@ def open_phase_data(config: RunConfig, model_config: ModelConfig) -> list[Batche
                 f"phases.{index}.shards: vocabulary of {shards.vocab_size} wordpieces, the model has "
                 f"{model_config.vocab_size}; use shards made with the model's vocabulary"
             )
+        if batchers and shards.vocab_sha256 != batchers[0].shards.vocab_sha256:  # a checkpoint records one
+            raise RunConfigError(f"phases.{index}.shards: made with the vocabulary of sha256 "
+                                 f"{short(shards.vocab_sha256)}, phases.0.shards with "
+                                 f"{short(batchers[0].shards.vocab_sha256)}; a run trains one vocabulary: use shard "
+                                 "sets made with the same one")
         if shards.seq_len > model_config.max_position_embeddings:
             raise RunConfigError(f"phases.{index}.shards: length {shards.seq_len} exceeds the model's "
                                  f"max_position_embeddings {model_config.max_position_embeddings}")
@@ -222,6 +228,7 @@ class Trainer:
             "config": self.config.to_dict(),
             MODEL_CONFIG_KEY: self.model.config.to_dict(),
             VOCAB_DIR_KEY: vocab_beside(self.config.phases[0].shards),
+            VOCAB_SHA256_KEY: self.batchers[0].shards.vocab_sha256,  # what an export's tokenizer files must be
             "shards": [b.shards.fingerprint for b in self.batchers],
             "world_size": self.world_size,
             "loss_scale": self.loss_scale.state_dict() if self.loss_scale else None,
@@ -252,6 +259,11 @@ class Trainer:
         if self.loss_scale and client.get("loss_scale"):
             self.loss_scale.load_state_dict(client["loss_scale"])
         self.resumed_run_ids = client.get("logging_runs") or {}  # absent from checkpoints of earlier versions
+        trained_with, current = client.get(VOCAB_SHA256_KEY), self.batchers[0].shards.vocab_sha256  # None: earlier
+        if trained_with is not None and trained_with != current:
+            raise RunConfigError(f"{path}: trained with the vocabulary of sha256 {short(trained_with)}, "
+                                 f"phases.0.shards was made with {short(current)}; resume on shards made with the "
+                                 "checkpoint's vocabulary, or use a new checkpoint.dir")
         if client["shards"][: len(self.batchers)] != [b.shards.fingerprint for b in self.batchers]:
             raise RunConfigError(f"{path}: was trained on other shards than the config names; "
                                  "use the same shard sets or a new checkpoint.dir")
