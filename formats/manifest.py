@@ -261,7 +261,7 @@ def check_for_training(folder: str, manifest: dict, tables: list) -> None:
         problems += [line for index, table in enumerate(tables)
                      for line in shard_problems(index, table, manifest, folder, fix)]
     if problems:
-        more = f" ({len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        more = f" (and {len(problems) - 1} more: `verify` lists them)" if len(problems) > 1 else ""
         raise FormatError(problems[0] + more)
 
 

@@ -218,7 +218,7 @@ def load_training_checkpoint(path: str) -> tuple[SqueezeBertForPretraining, Mode
     model.load_state_dict(weights)
     recorded_in = f"--checkpoint {path}"
     if vocab_sha256 is None and vocab:
-        vocab_sha256, recorded_in = vocabulary_recorded_beside(vocab), f"the manifests beside {vocab}"
+        vocab_sha256, recorded_in = vocabulary_recorded_beside(vocab), f"the manifest of the shard sets beside {vocab}"
     return model, ModelVocabulary(vocab if vocab and has_vocabulary(vocab) else None, vocab_sha256, recorded_in)
 
 
