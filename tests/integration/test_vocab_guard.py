@@ -89,18 +89,37 @@ def test_training_refuses_a_swapped_vocabulary_at_start_and_on_resume(trained, s
     assert saved(tmp_path / "checkpoints") == (saved(os.path.join(workdir, "checkpoints")) if resuming else [])
 
 
-def test_a_resume_on_shards_remade_with_another_vocabulary_is_refused(trained, swapped_vocab, small_corpus, tmp_path):
-    """The shards themselves remade with the other vocabulary (each set agreeing with the vocabulary beside it): the
-    checkpoint's recorded vocabulary differs from the shards'."""
-    data, workdir = trained
-    remade = tmp_path / "remade"
-    run_cli("shards", "--source", small_corpus, "--vocab", swapped_vocab, "--out", remade, "--num-proc", "1",
+@pytest.fixture(scope="module")
+def remade(swapped_vocab, small_corpus, tmp_path_factory):
+    """The shards remade from the same corpus with the other vocabulary (which `data_prep` copies beside them)."""
+    out = tmp_path_factory.mktemp("remade")
+    run_cli("shards", "--source", small_corpus, "--vocab", swapped_vocab, "--out", out, "--num-proc", "1",
             "--shard-text-mb", "0.2", "--quiet")
+    return str(out)
+
+
+def test_a_resume_on_shards_remade_with_another_vocabulary_is_refused(trained, remade, swapped_vocab, tmp_path):
+    """Each shard set agrees with the vocabulary beside it, but the checkpoint's recorded vocabulary is not the
+    remade shards'."""
+    data, workdir = trained
     shutil.copytree(os.path.join(workdir, "checkpoints"), tmp_path / "checkpoints")
-    line = error_line(run_pretrain(train_command(str(remade), *SHORT_RUN), tmp_path))
+    line = error_line(run_pretrain(train_command(remade, *SHORT_RUN), tmp_path))
     trained_with = json.load(open(os.path.join(data, "seq128", "manifest.json")))["tokenizer"]["sha256"]
     assert f"checkpoints/step-00000003: trained with the vocabulary of sha256 {short(trained_with)}, " \
            f"phases.0.shards was made with {short(file_sha256(swapped_vocab + '/tokenizer.json'))}" in line, line
+
+
+def test_phases_made_with_different_vocabularies_are_refused(shard_root, remade):
+    """A checkpoint records one vocabulary, the one its export ships: every phase's shards must be made with it."""
+    from pretrain.config import RunConfigError, load_config
+    from pretrain.model import ModelConfig
+    from pretrain.trainer import open_phase_data
+
+    command = train_command(shard_root, f'phases.1.shards="{remade}/seq512"')
+    config = load_config(command[command.index("--config") + 1], command[command.index("--set") + 1::2])
+    with pytest.raises(RunConfigError, match=r"^phases.1.shards: made with the vocabulary of sha256 [0-9a-f]{12}, "
+                       r"phases.0.shards with [0-9a-f]{12}; a run trains one vocabulary"):
+        open_phase_data(config, ModelConfig.preset("squeezebert-tiny"))
 
 
 def test_the_checkpoint_records_the_vocabulary_it_was_trained_with(trained):
