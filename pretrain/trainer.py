@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from formats.errors import UserError
 from formats.layout import vocab_beside
+from formats.manifest import load_manifest
 from formats.vocabulary import short
 
 from .checkpoint import MODEL_CONFIG_KEY, VOCAB_DIR_KEY, VOCAB_SHA256_KEY, Checkpointer, CheckpointError
@@ -98,7 +99,8 @@ def build_model(config: RunConfig) -> SqueezeBertForPretraining:
 
     sop = config.objective == "mlm+sop"
     if config.init_from:
-        model, _vocab = load_any(config.init_from)
+        model, vocabulary = load_any(config.init_from)
+        check_init_vocabulary(config, vocabulary.sha256)
         # Overrides that change how the model runs, not its weights, apply to a loaded model too (the README's
         # separate phase-2 run starts from init_from); any other override would contradict the weights.
         fixed = sorted(set(config.model_overrides) - set(RUNTIME_MODEL_FIELDS))
@@ -119,6 +121,19 @@ def build_model(config: RunConfig) -> SqueezeBertForPretraining:
     if unknown:
         raise RunConfigError(f"model_overrides: unknown model fields {unknown}")
     return SqueezeBertForPretraining(ModelConfig.from_dict({**preset, **config.model_overrides}), sop=sop)
+
+
+def check_init_vocabulary(config: RunConfig, trained_with: str | None) -> None:
+    """A model from a trainer checkpoint (`init_from`, sha256 of the vocabulary it was trained with) goes on with
+    shards made with that vocabulary, so that its token ids mean the same wordpieces."""
+    try:
+        made_with = load_manifest(config.phases[0].shards)["tokenizer"]["sha256"] if config.phases else None
+    except (UserError, KeyError, TypeError):  # open_phase_data reports it, naming the key
+        return
+    if trained_with is not None and made_with != trained_with:
+        raise RunConfigError(f"init_from = {config.init_from!r}: trained with the vocabulary of sha256 "
+                             f"{short(trained_with)}, phases.0.shards was made with {short(made_with)}; use shards "
+                             "made with the model's vocabulary")
 
 
 def open_phase_data(config: RunConfig, model_config: ModelConfig) -> list[Batcher]:

@@ -122,6 +122,24 @@ def test_phases_made_with_different_vocabularies_are_refused(shard_root, remade)
         open_phase_data(config, ModelConfig.preset("squeezebert-tiny"))
 
 
+def test_init_from_a_checkpoint_refuses_shards_made_with_another_vocabulary(trained, remade):
+    """The README's separate phase-2 run starts from init_from: its shards must be made with the model's vocabulary."""
+    from pretrain.config import RunConfigError, load_config
+    from pretrain.trainer import build_model
+
+    data, workdir = trained
+    checkpoint = os.path.join(workdir, "checkpoints")
+    for root, refused in ((data, False), (remade, True)):
+        command = train_command(root, f'init_from="{checkpoint}"')
+        config = load_config(command[command.index("--config") + 1], command[command.index("--set") + 1::2])
+        if refused:
+            with pytest.raises(RunConfigError, match=rf"^init_from = '{checkpoint}': trained with the vocabulary of "
+                               r"sha256 [0-9a-f]{12}, phases.0.shards was made with [0-9a-f]{12}; use shards"):
+                build_model(config)
+        else:
+            build_model(config)
+
+
 def test_the_checkpoint_records_the_vocabulary_it_was_trained_with(trained):
     data, workdir = trained
     states = torch.load(os.path.join(workdir, "checkpoints", "step-00000003", "state", "mp_rank_00_model_states.pt"),
