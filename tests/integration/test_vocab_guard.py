@@ -224,6 +224,22 @@ def test_an_earlier_checkpoint_without_manifests_beside_its_vocabulary_is_export
            f"beside {lone} names one: the tokenizer files of {lone} are exported unchecked" in result.stderr
 
 
+def test_merge_refuses_parts_whose_vocabulary_was_swapped(small_corpus, vocab_dir, swapped_vocab, tmp_path):
+    """The merged set carries the first part's vocabulary: it must be the one the parts were made with."""
+    for part in range(2):
+        run_cli("shards", "--source", small_corpus, "--vocab", vocab_dir, "--out", tmp_path / f"part{part}",
+                "--part", f"{part}/2", "--num-proc", "1", "--shard-text-mb", "0.2", "--quiet")
+    shutil.rmtree(tmp_path / "part0" / "vocab")
+    shutil.copytree(swapped_vocab, tmp_path / "part0" / "vocab")
+    result = run_cli("merge", "--parts", tmp_path / "part0", tmp_path / "part1", "--out", tmp_path / "merged",
+                     check=False)
+    line = error_line(result)
+    assert line.startswith(f"data_prep: error: {tmp_path}/part0/vocab/tokenizer.json: sha256 "
+                           f"{short(file_sha256(swapped_vocab + '/tokenizer.json'))}, but {tmp_path}/part0/seq128/"
+                           f"manifest.json records {short(file_sha256(vocab_dir + '/tokenizer.json'))}"), line
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "merged").exists()
+
+
 def swap_two_lines(path, first, second):
     lines = open(path, encoding="utf-8").read().split("\n")
     lines[first], lines[second] = lines[second], lines[first]
