@@ -257,6 +257,9 @@ def test_verify_checks_the_vocabulary_beside_the_shard_set(shard_root, swapped_v
     result = run_cli("verify", data, check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     assert result.stdout.count("FAILED") == 2  # seq128 and seq512
+    if change == "swapped":  # inspect would decode the examples as other words
+        assert "not the vocabulary the shards were made with: pass --vocab with that one" in error_line(
+            run_cli("inspect", data + "/seq128", "-n", "1", check=False))
     if change == "swapped":
         expected = (f"{vocab}/tokenizer.json: sha256 {short(file_sha256(swapped_vocab + '/tokenizer.json'))}, but "
                     f"{data}/seq128/manifest.json records {short(file_sha256(shard_root + '/vocab/tokenizer.json'))}")
