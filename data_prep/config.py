@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 
 from formats.errors import UserError
+from formats.vocabulary import SPECIAL_TOKENS  # noqa: F401 (re-exported)
 
 from .plain_text import TEXT_FORMATS
 
@@ -19,9 +20,8 @@ from .plain_text import TEXT_FORMATS
 class PrepError(UserError):
     """Bad input to data preparation: the CLI prints the message on one line and exits 2."""
 
-# Ids of the special tokens are looked up in the vocabulary, never assumed: an imported Google BERT
-# vocab.txt has [PAD]=0, [UNK]=100, [CLS]=101, ..., a vocabulary trained here has them at 0..4.
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+# Ids of the special tokens (formats.vocabulary.SPECIAL_TOKENS) are looked up in the vocabulary, never assumed:
+# an imported Google BERT vocab.txt has [PAD]=0, [UNK]=100, [CLS]=101, ..., a vocabulary trained here 0..4.
 
 
 @dataclass

@@ -9,9 +9,9 @@ import numpy as np
 import pyarrow.compute as pc
 
 from formats.layout import vocab_beside
-from formats.manifest import load_manifest
+from formats.manifest import MANIFEST_FILE, load_manifest
 from formats.shards import open_shard
-from formats.vocabulary import TOKENIZER_FILE
+from formats.vocabulary import TOKENIZER_FILE, check_identity
 
 from .config import PrepError
 from .tokenizer import load_vocab
@@ -39,7 +39,11 @@ def iter_examples(folder: str, manifest: dict, count: int):
 
 def print_examples(folder: str, count: int, as_json: bool, vocab_dir: str | None) -> None:
     manifest = load_manifest(folder)
-    tokenizer = load_vocab(find_vocab(folder, vocab_dir))
+    vocab = find_vocab(folder, vocab_dir)
+    # decoded with another vocabulary, the examples would read as other words
+    check_identity(vocab, manifest["tokenizer"].get("sha256"), os.path.join(folder, MANIFEST_FILE),
+                   "not the vocabulary the shards were made with: pass --vocab with that one")
+    tokenizer = load_vocab(vocab)
     for input_ids, a_length, label in iter_examples(folder, manifest, count):
         tokens = [tokenizer.id_to_token(int(i)) for i in input_ids]
         segment_a = tokenizer.decode(input_ids[1 : 1 + a_length].tolist())

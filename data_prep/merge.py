@@ -13,7 +13,8 @@ import shutil
 
 from formats.files import atomic_write_bytes, commit
 from formats.layout import seq_folder, seq_lengths, shard_set_name, vocab_dir
-from formats.manifest import build_manifest, load_manifest, records_from_manifest, write_manifest
+from formats.manifest import MANIFEST_FILE, build_manifest, load_manifest, records_from_manifest, write_manifest
+from formats.vocabulary import check_identity
 
 from .config import PrepError
 from .output_folder import STATE_FILE, copy_vocab
@@ -48,6 +49,10 @@ def merge_parts(part_dirs: list[str], out_dir: str) -> dict[int, dict]:
     sets = [(n, split) for n in seq_lens for split in ("train", "heldout")[: 1 + held_out]]
     # Every manifest is read (and its shard names checked, `load_manifest`) before anything is written.
     all_manifests = {key: [load_manifest(seq_folder(d, *key)) for d in part_dirs] for key in sets}
+    # the vocabulary the merged set carries is part 0's: the one the parts were made with
+    check_identity(vocab_dir(part_dirs[0]), all_manifests[sets[0]][0]["tokenizer"].get("sha256"),
+                   os.path.join(seq_folder(part_dirs[0], *sets[0]), MANIFEST_FILE),
+                   f"not the vocabulary the parts were made with: restore that one in {part_dirs[0]}")
     for seq_len, split in sets:
         manifests = all_manifests[seq_len, split]
         first = manifests[0]

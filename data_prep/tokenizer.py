@@ -15,7 +15,13 @@ from tokenizers.models import WordPiece
 from tokenizers.trainers import WordPieceTrainer
 
 from formats.files import atomic_write_bytes
-from formats.vocabulary import TOKENIZER_FILE, VOCAB_FILE, copy_vocab_files  # noqa: F401 (re-exported)
+from formats.vocabulary import (  # noqa: F401 (re-exported)
+    TOKENIZER_FILE,
+    VOCAB_FILE,
+    copy_vocab_files,
+    special_token_ids,
+    vocab_txt_bytes,
+)
 
 from .config import SPECIAL_TOKENS, PrepError
 
@@ -71,10 +77,10 @@ def import_vocab(vocab_txt: str, lowercase: bool) -> Tokenizer:
 
 
 def vocab_lines(tokenizer: Tokenizer) -> bytes:
-    by_id = sorted(tokenizer.get_vocab(with_added_tokens=True).items(), key=lambda item: item[1])
-    if [i for _, i in by_id] != list(range(len(by_id))):
+    lines = vocab_txt_bytes(tokenizer)
+    if lines is None:
         raise PrepError("vocabulary ids are not contiguous; cannot write vocab.txt")
-    return "".join(token + "\n" for token, _ in by_id).encode("utf-8")
+    return lines
 
 
 def save_vocab(tokenizer: Tokenizer, out_dir: str) -> None:
@@ -97,10 +103,6 @@ def load_vocab(vocab_dir: str) -> Tokenizer:
     if missing:
         raise PrepError(f"{path}: vocabulary lacks the special tokens {missing}")
     return tokenizer
-
-
-def special_token_ids(tokenizer: Tokenizer) -> dict[str, int]:
-    return {token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
 
 
 def training_texts(documents: Iterable, clean) -> Iterator[str]:

@@ -9,5 +9,6 @@ the other's internals. It owns:
 - `layout`: where things are in a prepared data folder (`seqN/` shard sets, the vocabulary beside them);
 - `shards`: the Arrow shard files (schema, writer, memory-mapped reader);
 - `manifest`: a shard set's `manifest.json` (build, load, verify);
-- `vocabulary`: the vocabulary's file names and its copy.
+- `vocabulary`: the vocabulary's file names, its copy, and its identity (the sha256 of `tokenizer.json`,
+  `vocab.txt` agreeing) checked against what a manifest or a checkpoint records.
 """

@@ -15,9 +15,11 @@ from collections import Counter
 
 import pyarrow.compute as pc
 
-from .errors import FormatError
+from .errors import FormatError, one_line
 from .files import atomic_write_bytes, file_sha256
-from .shards import open_shard, schema
+from .layout import vocab_beside
+from .shards import open_shard, schema, shard_tokens, token_type
+from .vocabulary import has_vocabulary, identity_problem, record_problems, short
 
 MANIFEST_FILE = "manifest.json"
 FORMAT_VERSION = 1
@@ -155,12 +157,135 @@ def shard_set_folders(path: str) -> list[str]:
     return found
 
 
-def verify_folder(folder: str) -> list[str]:
-    """Problems found in one shard set (empty when it is intact). Each names the shard."""
-    manifest = load_manifest(folder)
-    expected_schema = schema(manifest["tokenizer"]["vocab_size"])
+COUNT_KEYS = ("examples", "tokens", "sop_swapped")  # a shard entry's counts, summed in "totals"
+
+
+def is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def type_problems(manifest: dict, path: str, fix: str) -> list[str]:
+    """Every count of the shards' entries a count, `tokenizer.vocab_size` a size: what the other checks compare."""
+    problems = [f"{path}: shards[{index}].{key} is {entry.get(key)!r}, not a count; {fix}"
+                for index, entry in enumerate(manifest["shards"]) for key in COUNT_KEYS if not is_count(entry.get(key))]
+    tokenizer = manifest.get("tokenizer")
+    vocab_size = tokenizer.get("vocab_size") if isinstance(tokenizer, dict) else None
+    if not is_count(vocab_size) or not vocab_size:
+        problems.append(f"{path}: tokenizer.vocab_size is {vocab_size!r}, not a vocabulary size; {fix}")
+    return problems
+
+
+def total_problems(manifest: dict, path: str, fix: str) -> list[str]:
+    """The manifest against itself, in O(shards): `totals` the sums over the shards' entries, `schema` the one
+    `tokenizer.vocab_size` implies. Each line names `path` and the key, then `fix`. Needs `type_problems` clean."""
+    totals, vocab_size = manifest.get("totals"), manifest["tokenizer"]["vocab_size"]
+    if not isinstance(totals, dict):
+        return [f"{path}: \"totals\" is {totals!r}, not the totals of the shards; {fix}"]
+    sums = {"shards": len(manifest["shards"]),
+            **{key: sum(entry[key] for entry in manifest["shards"]) for key in COUNT_KEYS}}
+    problems = [f"{path}: totals.{key} is {totals.get(key)!r}, not the sum over the shards' entries ({value}); {fix}"
+                for key, value in sums.items() if totals.get(key) != value]
+    if manifest.get("schema") != str(schema(vocab_size)):
+        problems.append(f"{path}: \"schema\" is not the one tokenizer.vocab_size {vocab_size} implies (token ids "
+                        f"of {token_type(vocab_size)}); {fix}")
+    return problems
+
+
+def shard_problems(index: int, table, manifest: dict, folder: str, fix: str) -> list[str]:
+    """Shard `index`'s Arrow file against its manifest entry, in O(record batches): the schema `vocab_size`
+    implies, the rows (`examples`) and the tokens (`tokens`, from the list offsets). Needs `type_problems` clean."""
+    entry, path = manifest["shards"][index], os.path.join(folder, MANIFEST_FILE)
+    shard_path = os.path.join(folder, entry["file"])
+    expected = schema(manifest["tokenizer"]["vocab_size"])
+    if not table.schema.equals(expected):
+        return [f"{shard_path}: schema {one_line(table.schema)} is not {one_line(expected)}, the one "
+                f"tokenizer.vocab_size of {path} implies; {fix}"]
     problems = []
-    for shard in manifest["shards"]:
+    if table.num_rows != entry["examples"]:
+        problems.append(f"{shard_path}: {table.num_rows} examples, manifest says {entry['examples']} "
+                        f"(shards[{index}].examples of {path}); {fix}")
+    tokens = shard_tokens(table)
+    if tokens != entry["tokens"]:
+        problems.append(f"{shard_path}: {tokens} tokens, manifest says {entry['tokens']} "
+                        f"(shards[{index}].tokens of {path}); {fix}")
+    return problems
+
+
+def content_problems(index: int, table, manifest: dict, folder: str, fix: str) -> list[str]:
+    """What only reading every token of shard `index` shows: examples longer than `seq_len`, token ids beyond
+    `vocab_size`, a `sop_swapped` count that is not the labels'. Needs `shard_problems` clean."""
+    entry, path = manifest["shards"][index], os.path.join(folder, MANIFEST_FILE)
+    shard_path = os.path.join(folder, entry["file"])
+    ids = table.column("input_ids")
+    problems = []
+    too_long = int(pc.sum(pc.greater(pc.list_value_length(ids), manifest["seq_len"])).as_py() or 0)
+    if too_long:
+        problems.append(f"{shard_path}: {too_long} examples longer than {manifest['seq_len']}")
+    largest = pc.max(pc.list_flatten(ids)).as_py()
+    if largest is not None and largest >= manifest["tokenizer"]["vocab_size"]:
+        problems.append(f"{shard_path}: token id {largest}, beyond tokenizer.vocab_size "
+                        f"{manifest['tokenizer']['vocab_size']} of {path}; {fix}")
+    swapped = int(pc.sum(table.column("sop_label")).as_py() or 0)
+    if swapped != entry["sop_swapped"]:
+        problems.append(f"{shard_path}: {swapped} swapped pairs, manifest says {entry['sop_swapped']} "
+                        f"(shards[{index}].sop_swapped of {path}); {fix}")
+    return problems
+
+
+def vocabulary_problems(folder: str, manifest: dict, fix: str, required: bool) -> list[str]:
+    """The vocabulary beside a shard set (`formats.layout.vocab_beside`) against the manifest's `tokenizer`: the
+    vocabulary of sha256 `tokenizer.sha256` (its `vocab.txt` agreeing), then `vocab_size` and the special-token
+    ids. Without a vocabulary there, a problem only when `required`. `fix` ends a line about an edited manifest."""
+    path, vocab = os.path.join(folder, MANIFEST_FILE), vocab_beside(folder)
+    record = manifest.get("tokenizer") if isinstance(manifest.get("tokenizer"), dict) else {}
+    if not has_vocabulary(vocab):
+        return [f"{vocab}: no vocabulary beside the shard set; copy there the one the shards were made with "
+                f"(tokenizer.json of sha256 {short(record.get('sha256'))}): whole-word masking and the export read "
+                "it"] if required else []
+    problem = identity_problem(vocab, record.get("sha256"), path, "not the vocabulary the shards were made with: "
+                               "restore that one there, or remake the shards with this one (`python -m data_prep "
+                               "shards`)")
+    return [problem] if problem else record_problems(vocab, record, path, fix)
+
+
+def check_for_training(folder: str, manifest: dict, tables: list) -> None:
+    """What training relies on, checked at its start in O(shards + record batches) (a shard set may hold terabytes:
+    nothing is hashed but the vocabulary): the vocabulary beside the set, when there, is the one the shards were
+    made with; the manifest's counts add up; every shard's rows and tokens are its entry's. Raises a FormatError
+    with the first problem (`verify` lists them all)."""
+    fix = f"run `python -m data_prep verify {folder}`, then restore the manifest or remake the shard set"
+    path = os.path.join(folder, MANIFEST_FILE)
+    problems = vocabulary_problems(folder, manifest, fix, required=False) + type_problems(manifest, path, fix)
+    if not problems:
+        problems += total_problems(manifest, path, fix)
+        problems += [line for index, table in enumerate(tables)
+                     for line in shard_problems(index, table, manifest, folder, fix)]
+    if problems:
+        more = f" (and {len(problems) - 1} more: `verify` lists them)" if len(problems) > 1 else ""
+        raise FormatError(problems[0] + more)
+
+
+def vocabulary_recorded_beside(vocab_dir: str) -> str | None:
+    """The `tokenizer.sha256` that the shard sets beside a vocabulary folder (the `seq*/` of its data folder)
+    record, when there are some and they agree; else None."""
+    try:
+        folders = shard_set_folders(os.path.dirname(os.path.abspath(vocab_dir)))
+        records = {load_manifest(folder).get("tokenizer", {}).get("sha256") for folder in folders}
+    except (FormatError, AttributeError):  # no shard set there, or one that is not a manifest
+        return None
+    return records.pop() if len(records) == 1 and None not in records else None
+
+
+def verify_folder(folder: str) -> list[str]:
+    """Problems found in one shard set (empty when it is intact): every shard hashed and read whole, the manifest's
+    counts, and the vocabulary beside the set. Each names the file (and the manifest's key)."""
+    manifest = load_manifest(folder)
+    fix = "restore the manifest, or remake the shard set (`python -m data_prep shards`)"
+    path = os.path.join(folder, MANIFEST_FILE)
+    problems = vocabulary_problems(folder, manifest, fix, required=True)
+    mistyped = type_problems(manifest, path, fix)
+    problems += mistyped or total_problems(manifest, path, fix)
+    for index, shard in enumerate(manifest["shards"]):
         path = os.path.join(folder, shard["file"])
         if not os.path.isfile(path):
             problems.append(f"{path}: missing")
@@ -177,18 +302,10 @@ def verify_folder(folder: str) -> list[str]:
         except FormatError as error:
             problems.append(str(error))
             continue
-        if not table.schema.equals(expected_schema):
-            problems.append(f"{path}: schema {table.schema} is not {expected_schema}")
-        elif table.num_rows != shard["examples"]:
-            problems.append(f"{path}: {table.num_rows} examples, manifest says {shard['examples']}")
-        else:
-            lengths = pc.list_value_length(table.column("input_ids"))
-            tokens = int(pc.sum(lengths).as_py() or 0)
-            too_long = int(pc.sum(pc.greater(lengths, manifest["seq_len"])).as_py() or 0)
-            if tokens != shard["tokens"]:
-                problems.append(f"{path}: {tokens} tokens, manifest says {shard['tokens']}")
-            if too_long:
-                problems.append(f"{path}: {too_long} examples longer than {manifest['seq_len']}")
+        if mistyped:
+            continue  # the manifest's counts are not counts: nothing to compare with
+        found = shard_problems(index, table, manifest, folder, fix)
+        problems += found or content_problems(index, table, manifest, folder, fix)
     listed = {shard["file"] for shard in manifest["shards"]}
     for name in sorted(os.listdir(folder)):
         if name.endswith(".arrow") and name not in listed:

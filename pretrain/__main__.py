@@ -42,11 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def command_export(args: argparse.Namespace) -> None:
+    from .checkpoint import is_checkpoint
     from .model_files import export_headless, load_any
 
-    model, vocab = load_any(args.checkpoint)
-    vocab = args.vocab or vocab
-    export_headless(model, args.out, vocab)
+    model, trained_with = load_any(args.checkpoint)
+    vocab = args.vocab or trained_with.folder
+    if vocab and trained_with.sha256 is None and is_checkpoint(args.checkpoint):
+        print(f"pretrain: note: {args.checkpoint} records no vocabulary sha256 (saved by an earlier version) and no "
+              f"manifest beside {trained_with.folder} names one: the tokenizer files of {vocab} are exported "
+              "unchecked", file=sys.stderr)
+    export_headless(model, args.out, vocab, trained_with)
     print(f"pretrain: exported the headless model to {args.out}"
           f"{'' if vocab else ' (no tokenizer files: pass --vocab DIR)'}", file=sys.stderr)
 

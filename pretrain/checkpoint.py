@@ -56,6 +56,7 @@ MODEL_STATES_FILE = "mp_rank_00_model_states.pt"  # DeepSpeed's name for the wei
 # keys of the client state the trainer stores beside DeepSpeed's, that readers of a checkpoint use
 MODEL_CONFIG_KEY = "model_config"
 VOCAB_DIR_KEY = "vocab_dir"
+VOCAB_SHA256_KEY = "vocab_sha256"  # the tokenizer.json the shards were made with (absent before this version)
 
 
 class CheckpointError(UserError):
@@ -365,9 +366,10 @@ def is_checkpoint(path: str) -> bool:
     return os.path.isfile(os.path.join(path, LATEST_FILE)) or os.path.isdir(os.path.join(path, TAG))
 
 
-def read_trained_model(path: str) -> tuple[dict, dict, str | None]:
-    """The weights, model config and vocabulary folder of a checkpoint, without DeepSpeed or a process group:
-    `path` is a checkpoint dir (its `latest` is read) or one `step-N/` folder."""
+def read_trained_model(path: str) -> tuple[dict, dict, str | None, str | None]:
+    """The weights, model config, vocabulary folder and vocabulary sha256 of a checkpoint (None for a checkpoint
+    of an earlier version), without DeepSpeed or a process group: `path` is a checkpoint dir (its `latest` is read)
+    or one `step-N/` folder."""
     named = read_latest(path)
     if named is not None:
         path = os.path.join(path, named)
@@ -378,4 +380,4 @@ def read_trained_model(path: str) -> tuple[dict, dict, str | None]:
     if problem:
         raise CheckpointError(f"--checkpoint {path}: damaged ({problem}); export another step-N/ of it")
     states = load_tensors(states_path, "cpu", remedy="; export another step-N/ of it, or get it again")
-    return states["module"], states[MODEL_CONFIG_KEY], states.get(VOCAB_DIR_KEY)
+    return states["module"], states[MODEL_CONFIG_KEY], states.get(VOCAB_DIR_KEY), states.get(VOCAB_SHA256_KEY)

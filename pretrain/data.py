@@ -30,7 +30,7 @@ import torch
 from formats.errors import FormatError, UserError
 from formats.files import file_sha256
 from formats.layout import vocab_beside
-from formats.manifest import MANIFEST_FILE, load_manifest
+from formats.manifest import MANIFEST_FILE, check_for_training, load_manifest
 from formats.shards import open_shard
 from formats.vocabulary import VOCAB_FILE
 
@@ -49,24 +49,25 @@ class ShardSet:
     def __init__(self, folder: str) -> None:
         self.manifest = load_manifest(folder)  # a FormatError names the folder and what is wrong
         self.folder = folder
+        tables = []
+        for shard in self.manifest["shards"]:
+            try:
+                tables.append(open_shard(os.path.join(folder, shard["file"])))
+            except FormatError as error:
+                raise FormatError(f"{error}; run `python -m data_prep verify {folder}`") from None
+        # the vocabulary beside, the counts, every shard's rows and tokens (cheap: no shard is read whole)
+        check_for_training(folder, self.manifest, tables)
         self.seq_len: int = self.manifest["seq_len"]
         self.vocab_size: int = self.manifest["tokenizer"]["vocab_size"]
         self.special_ids: dict[str, int] = self.manifest["tokenizer"]["special_token_ids"]
+        self.vocab_sha256: str = self.manifest["tokenizer"]["sha256"]  # the vocabulary the shards were made with
         self.fingerprint = file_sha256(os.path.join(folder, MANIFEST_FILE))
         self._offsets: list[np.ndarray] = []
         self._values: list[np.ndarray] = []
         self._a_lengths: list[np.ndarray] = []
         self._labels: list[np.ndarray] = []
         sizes = []
-        for shard in self.manifest["shards"]:
-            path = os.path.join(folder, shard["file"])
-            try:
-                table = open_shard(path)
-            except FormatError as error:
-                raise FormatError(f"{error}; run `python -m data_prep verify {folder}`") from None
-            if table.num_rows != shard["examples"]:
-                raise DataError(f"{path}: {table.num_rows} examples, manifest says {shard['examples']}; "
-                                f"run `python -m data_prep verify {folder}`")
+        for table in tables:
             for batch in table.to_batches():
                 if batch.num_rows == 0:
                     continue

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from dataclasses import dataclass
 
 import torch
 from safetensors import SafetensorError
@@ -26,7 +27,8 @@ from safetensors.torch import load_file, save_file
 from formats.errors import UserError, one_line
 from formats.files import atomic_folder
 from formats.layout import VOCAB_DIR
-from formats.vocabulary import VOCAB_FILE, copy_vocab_files
+from formats.manifest import vocabulary_recorded_beside
+from formats.vocabulary import VOCAB_FILE, check_identity, copy_vocab_files, has_vocabulary
 
 from .checkpoint import is_checkpoint, read_trained_model
 from .model import ModelConfig
@@ -47,6 +49,15 @@ SOP_PREFIX = "sop_classifier."
 
 class ExportError(UserError):
     """A checkpoint or folder that cannot be read or written; the message names it."""
+
+
+@dataclass(frozen=True)
+class ModelVocabulary:
+    """Where a model's vocabulary is, and which vocabulary a trainer checkpoint was trained with."""
+
+    folder: str | None = None  # the vocabulary folder that goes with the model, when known
+    sha256: str | None = None  # sha256 of the tokenizer.json it was trained with (trainer checkpoints)
+    recorded_in: str = ""  # what records `sha256`, as a message names it
 
 
 def transformers_config(config: ModelConfig) -> dict:
@@ -82,7 +93,13 @@ def _write_json(path: str, values: dict) -> None:
         handle.write("\n")
 
 
-def check_vocab(vocab_dir: str, config: ModelConfig) -> None:
+def check_vocab(vocab_dir: str, config: ModelConfig, trained_with: ModelVocabulary | None = None) -> None:
+    """The vocabulary an export ships: the one the model was trained with when that is known (its sha256, and
+    `vocab.txt` agreeing with `tokenizer.json`), and no larger than the model's."""
+    if trained_with and trained_with.sha256:
+        check_identity(vocab_dir, trained_with.sha256, trained_with.recorded_in,
+                       "not the vocabulary the model was trained with: pass --vocab with that one (the vocabulary "
+                       "its shards were made with)")
     vocab_txt = os.path.join(vocab_dir, VOCAB_FILE)
     if not os.path.isfile(vocab_txt):
         raise ExportError(f"--vocab {vocab_dir}: no vocab.txt there")
@@ -104,10 +121,12 @@ def _write_tokenizer(vocab_dir: str, out_dir: str, config: ModelConfig) -> None:
     })
 
 
-def export_headless(model: SqueezeBertForPretraining, out_dir: str, vocab_dir: str | None = None) -> None:
-    """Write the transformers-format headless model (see the module docstring) to `out_dir`."""
+def export_headless(model: SqueezeBertForPretraining, out_dir: str, vocab_dir: str | None = None,
+                    trained_with: ModelVocabulary | None = None) -> None:
+    """Write the transformers-format headless model (see the module docstring) to `out_dir`, with the tokenizer
+    files of `vocab_dir`, checked to be the vocabulary `trained_with` names when it names one."""
     if vocab_dir:
-        check_vocab(vocab_dir, model.config)
+        check_vocab(vocab_dir, model.config, trained_with)
     with atomic_folder(out_dir, write_errors=(SafetensorError,)) as tmp_dir:
         save_file(headless_state_dict(model), os.path.join(tmp_dir, WEIGHTS_FILE), metadata={"format": "pt"})
         _write_json(os.path.join(tmp_dir, "config.json"), transformers_config(model.config))
@@ -188,25 +207,31 @@ def load_model_folder(folder: str) -> SqueezeBertForPretraining:
     return model
 
 
-def load_training_checkpoint(path: str) -> tuple[SqueezeBertForPretraining, str | None]:
-    """The model of a trainer checkpoint: a `step-N/` folder, or a checkpoint dir (its `latest`)."""
-    weights, model_config, vocab = read_trained_model(path)
+def load_training_checkpoint(path: str) -> tuple[SqueezeBertForPretraining, ModelVocabulary]:
+    """The model of a trainer checkpoint (a `step-N/` folder, or a checkpoint dir: its `latest`), its vocabulary
+    folder (beside its shards) and the sha256 of the vocabulary it was trained with. A checkpoint of an earlier
+    version records no sha256: the one the manifests of the shard sets beside its vocabulary folder record
+    stands in (`formats.manifest.vocabulary_recorded_beside`), else it is None."""
+    weights, model_config, vocab, vocab_sha256 = read_trained_model(path)
     model = SqueezeBertForPretraining(ModelConfig.from_dict(model_config, f"--checkpoint {path}"),
                                       sop=any(key.startswith(SOP_PREFIX) for key in weights))  # MLM-only runs
     model.load_state_dict(weights)
-    return model, vocab if vocab and os.path.isfile(os.path.join(vocab, VOCAB_FILE)) else None
+    recorded_in = f"--checkpoint {path}"
+    if vocab_sha256 is None and vocab:
+        vocab_sha256, recorded_in = vocabulary_recorded_beside(vocab), f"the manifest of the shard sets beside {vocab}"
+    return model, ModelVocabulary(vocab if vocab and has_vocabulary(vocab) else None, vocab_sha256, recorded_in)
 
 
-def load_any(path: str) -> tuple[SqueezeBertForPretraining, str | None]:
-    """A model from a trainer checkpoint, a project model folder or a transformers folder, and its
-    vocabulary folder if known."""
+def load_any(path: str) -> tuple[SqueezeBertForPretraining, ModelVocabulary]:
+    """A model from a trainer checkpoint, a project model folder or a transformers folder, and its vocabulary
+    (the folder if known; for a trainer checkpoint, the sha256 it was trained with)."""
     if is_checkpoint(path):
         return load_training_checkpoint(path)
     if os.path.isfile(os.path.join(path, MODEL_CONFIG_FILE)):
         vocab = os.path.join(path, VOCAB_DIR)
-        return load_model_folder(path), vocab if os.path.isdir(vocab) else None
+        return load_model_folder(path), ModelVocabulary(vocab if os.path.isdir(vocab) else None)
     if os.path.isfile(os.path.join(path, "config.json")):
         model, _missing = import_transformers(path)
-        return model, path if os.path.isfile(os.path.join(path, VOCAB_FILE)) else None
+        return model, ModelVocabulary(path if os.path.isfile(os.path.join(path, VOCAB_FILE)) else None)
     raise ExportError(f"--checkpoint {path}: not a trainer checkpoint (latest, state/), a model folder "
                       f"({MODEL_CONFIG_FILE}) nor a transformers folder (config.json)")

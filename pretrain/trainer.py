@@ -34,8 +34,10 @@ import torch.nn.functional as F
 
 from formats.errors import UserError
 from formats.layout import vocab_beside
+from formats.manifest import load_manifest
+from formats.vocabulary import short
 
-from .checkpoint import MODEL_CONFIG_KEY, VOCAB_DIR_KEY, Checkpointer, CheckpointError
+from .checkpoint import MODEL_CONFIG_KEY, VOCAB_DIR_KEY, VOCAB_SHA256_KEY, Checkpointer, CheckpointError
 from .config import RunConfig, RunConfigError, deepspeed_config, gradient_accumulation, resume_changes
 from .data import Batcher, MaskingConfig, MicroBatches, ShardSet, step_loader
 from .distributed import (
@@ -97,7 +99,8 @@ def build_model(config: RunConfig) -> SqueezeBertForPretraining:
 
     sop = config.objective == "mlm+sop"
     if config.init_from:
-        model, _vocab = load_any(config.init_from)
+        model, vocabulary = load_any(config.init_from)
+        check_init_vocabulary(config, vocabulary.sha256)
         # Overrides that change how the model runs, not its weights, apply to a loaded model too (the README's
         # separate phase-2 run starts from init_from); any other override would contradict the weights.
         fixed = sorted(set(config.model_overrides) - set(RUNTIME_MODEL_FIELDS))
@@ -120,6 +123,19 @@ def build_model(config: RunConfig) -> SqueezeBertForPretraining:
     return SqueezeBertForPretraining(ModelConfig.from_dict({**preset, **config.model_overrides}), sop=sop)
 
 
+def check_init_vocabulary(config: RunConfig, trained_with: str | None) -> None:
+    """A model from a trainer checkpoint (`init_from`, sha256 of the vocabulary it was trained with) goes on with
+    shards made with that vocabulary, so that its token ids mean the same wordpieces."""
+    try:
+        made_with = load_manifest(config.phases[0].shards)["tokenizer"]["sha256"] if config.phases else None
+    except (UserError, KeyError, TypeError):  # open_phase_data reports it, naming the key
+        return
+    if trained_with is not None and made_with != trained_with:
+        raise RunConfigError(f"init_from = {config.init_from!r}: trained with the vocabulary of sha256 "
+                             f"{short(trained_with)}, phases.0.shards was made with {short(made_with)}; use shards "
+                             "made with the model's vocabulary")
+
+
 def open_phase_data(config: RunConfig, model_config: ModelConfig) -> list[Batcher]:
     """Every phase's shards, checked against the model before any compute."""
     batchers = []
@@ -133,6 +149,11 @@ def open_phase_data(config: RunConfig, model_config: ModelConfig) -> list[Batche
                 f"phases.{index}.shards: vocabulary of {shards.vocab_size} wordpieces, the model has "
                 f"{model_config.vocab_size}; use shards made with the model's vocabulary"
             )
+        if batchers and shards.vocab_sha256 != batchers[0].shards.vocab_sha256:  # a checkpoint records one
+            raise RunConfigError(f"phases.{index}.shards: made with the vocabulary of sha256 "
+                                 f"{short(shards.vocab_sha256)}, phases.0.shards with "
+                                 f"{short(batchers[0].shards.vocab_sha256)}; a run trains one vocabulary: use shard "
+                                 "sets made with the same one")
         if shards.seq_len > model_config.max_position_embeddings:
             raise RunConfigError(f"phases.{index}.shards: length {shards.seq_len} exceeds the model's "
                                  f"max_position_embeddings {model_config.max_position_embeddings}")
@@ -222,6 +243,7 @@ class Trainer:
             "config": self.config.to_dict(),
             MODEL_CONFIG_KEY: self.model.config.to_dict(),
             VOCAB_DIR_KEY: vocab_beside(self.config.phases[0].shards),
+            VOCAB_SHA256_KEY: self.batchers[0].shards.vocab_sha256,  # what an export's tokenizer files must be
             "shards": [b.shards.fingerprint for b in self.batchers],
             "world_size": self.world_size,
             "loss_scale": self.loss_scale.state_dict() if self.loss_scale else None,
@@ -258,6 +280,11 @@ class Trainer:
         if self.loss_scale and client.get("loss_scale"):
             self.loss_scale.load_state_dict(client["loss_scale"])
         self.resumed_run_ids = client.get("logging_runs") or {}  # absent from checkpoints of earlier versions
+        trained_with, current = client.get(VOCAB_SHA256_KEY), self.batchers[0].shards.vocab_sha256  # None: earlier
+        if trained_with is not None and trained_with != current:
+            raise RunConfigError(f"{path}: trained with the vocabulary of sha256 {short(trained_with)}, "
+                                 f"phases.0.shards was made with {short(current)}; resume on shards made with the "
+                                 "checkpoint's vocabulary, or use a new checkpoint.dir")
         if client["shards"][: len(self.batchers)] != [b.shards.fingerprint for b in self.batchers]:
             raise RunConfigError(f"{path}: was trained on other shards than the config names; "
                                  "use the same shard sets or a new checkpoint.dir")
