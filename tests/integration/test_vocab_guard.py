@@ -143,7 +143,7 @@ def test_init_from_a_checkpoint_refuses_shards_made_with_another_vocabulary(trai
 def test_the_checkpoint_records_the_vocabulary_it_was_trained_with(trained):
     data, workdir = trained
     states = torch.load(os.path.join(workdir, "checkpoints", "step-00000003", "state", "mp_rank_00_model_states.pt"),
-                        map_location="cpu", weights_only=False)
+                        map_location="cpu", weights_only=True)
     assert states["vocab_sha256"] == file_sha256(os.path.join(data, "vocab", "tokenizer.json"))
     assert states["vocab_dir"] == os.path.join(data, "vocab")
 
@@ -192,7 +192,7 @@ def earlier_version_checkpoint(workdir, target, vocab_dir=None):
     step = target / "step-00000003"
     shutil.copytree(os.path.join(workdir, "checkpoints", "step-00000003"), step)
     states_path = step / "state" / "mp_rank_00_model_states.pt"
-    states = torch.load(states_path, map_location="cpu", weights_only=False)
+    states = torch.load(states_path, map_location="cpu", weights_only=True)
     del states["vocab_sha256"]
     if vocab_dir:
         states["vocab_dir"] = vocab_dir
