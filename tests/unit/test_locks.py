@@ -22,15 +22,20 @@ from pretrain.config import CheckpointConfig
 from tests.conftest import ROOT
 
 # Takes the lock, optionally forks a child that only sleeps (what a data loader's worker is to the lock),
-# prints the child's pid (0: none) and holds the lock until its stdin closes.
+# prints the child's pid (0: none) once the child runs (fork's handlers done) and holds the lock until its
+# stdin closes.
 HOLDER = """
 import os, sys, time
 from formats.locks import lock_folder
 assert lock_folder(sys.argv[1]).held
+started, running = os.pipe()
 child = os.fork() if sys.argv[2] == "fork" else 0
 if child == 0 and sys.argv[2] == "fork":
+    os.write(running, b"1")
     time.sleep(600)
     os._exit(0)
+if child:
+    os.read(started, 1)
 print(child, flush=True)
 sys.stdin.read()
 """
