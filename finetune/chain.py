@@ -25,7 +25,7 @@ from .config import FinetuneConfig, FinetuneConfigError, build_config, read_toml
 from .data import load_task
 from .distill import check_teacher
 from .model_folder import check_weights, load_classifier, load_tokenizer
-from .run import log, run_glue
+from .run import log, run_glue, student_label_order
 from .tasks import TASKS, get_task
 
 CHAIN_KEYS = ("model", "data", "out", "mnli_teacher", "teachers", "without", "settings", "task_settings")
@@ -125,6 +125,8 @@ def preflight(runs: list[tuple[str, FinetuneConfig]], chain: ChainConfig) -> Non
         if task.name not in checked:
             load_task(task, config.data, with_test=config.predict)
             checked.add(task.name)
+        if config.model == chain.model:
+            student_label_order(chain.model, task)
         if config.teacher:
             check_teacher(config.teacher, task)
 

@@ -24,12 +24,21 @@ import sys
 
 import numpy as np
 
+from formats.errors import one_line
 from formats.files import atomic_folder, atomic_write_bytes
 
 from .config import FinetuneConfig, FinetuneConfigError, describe
 from .data import fingerprint, load_task
+from .labels import contradiction, id2label_names, output_order
 from .metrics import main_metric, split_metrics
-from .model_folder import check_weights, is_refused_pickle, load_classifier, load_tokenizer, refused_checkpoint
+from .model_folder import (
+    ModelFolderError,
+    check_weights,
+    is_refused_pickle,
+    load_classifier,
+    load_tokenizer,
+    refused_checkpoint,
+)
 from .tasks import DEV_SUFFIX, Task, get_task
 
 RESULTS_FILE = "results.json"
@@ -76,10 +85,43 @@ def precision_flags(precision: str) -> dict:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
+def student_label_order(folder: str, task: Task) -> list[int] | None:
+    """Where each of the task's labels sits among the outputs of the student's own classifier, when it has one
+    of the task's size that names its labels; names that are not the task's are refused (`finetune.labels`)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except Exception as error:
+        raise ModelFolderError(f"--model {folder}: unreadable config ({one_line(error, 160)})") from None
+    if config.num_labels != task.num_labels:
+        return None  # its classifier, if any, is replaced by one of the task's size
+    names = id2label_names(config.id2label, config.num_labels)
+    problem = contradiction(task, names)
+    if problem:
+        raise ModelFolderError(f"--model {folder}: a classifier for another task ({problem}); give a model "
+                               f"finetuned on {task.name}, or its headless form to start a new classifier")
+    return output_order(task, names)
+
+
+def classifier_rows(model, num_labels: int):
+    """The last linear layer with one output per label: the classifier (`classifier`, RoBERTa's
+    `classifier.out_proj`)."""
+    import torch
+
+    found = [(name, module) for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear) and module.out_features == num_labels]
+    return found[-1] if found else (None, None)
+
+
 def load_student(folder: str, task: Task, seed: int):
-    """The model with a fresh classifier head of the task's size (a head of another size is replaced)."""
+    """The model with the task's classifier: its own when it has one of the task's size (rows reordered to
+    the task's label order by name, as run_glue's `label_to_id`), else a fresh one (a head of another size is
+    replaced). Either way its config carries the task's `id2label`."""
+    import torch
     from transformers import set_seed
 
+    order = student_label_order(folder, task)
     set_seed(seed)  # the new classifier's initialization
     labels = dict(enumerate(task.label_names)) if not task.is_regression else {0: "score"}
     model, info = load_classifier(
@@ -88,6 +130,13 @@ def load_student(folder: str, task: Task, seed: int):
         ignore_mismatched_sizes=True, output_loading_info=True)
     new = sorted(set(info["missing_keys"]) | {key for key, *_ in info.get("mismatched_keys", [])})
     log(f"{folder}: {len(new)} new weights ({', '.join(new[:6])}{'...' if len(new) > 6 else ''})")
+    name, classifier = classifier_rows(model, task.num_labels)
+    if order and classifier is not None and not any(key.startswith(f"{name}.") for key in new):
+        with torch.no_grad():  # output i becomes the task's label i
+            classifier.weight.copy_(classifier.weight[order])
+            if classifier.bias is not None:
+                classifier.bias.copy_(classifier.bias[order])
+        log(f"{folder}: its classifier's outputs reordered by label name to {task.name}'s {list(task.label_names)}")
     return model
 
 
@@ -177,6 +226,7 @@ def run_glue(config: FinetuneConfig, callbacks: tuple = ()) -> dict:
     splits = load_task(task, config.data, with_test=config.predict)
     tokenizer = load_tokenizer(config.model)
     check_weights(config.model, "--model")
+    student_label_order(config.model, task)
     if config.teacher:
         check_teacher(config.teacher, task)
     micro, accumulation = micro_batch_and_accumulation(config, world_size())
