@@ -140,6 +140,23 @@ def load_student(folder: str, task: Task, seed: int):
     return model
 
 
+def save_headless(model, folder: str) -> None:
+    """The classifier's encoder and pooler, without the classifier and without its task's metadata: the
+    config keeps transformers' defaults for `id2label`, `label2id` and `problem_type`, so run_glue's
+    `from_pretrained(folder, num_labels=N)` makes a head of any task from it (STS-B's regression included)."""
+    import copy
+
+    base = model.base_model
+    head_free = copy.deepcopy(base.config)
+    defaults = type(head_free)()
+    head_free.id2label, head_free.label2id, head_free.problem_type = defaults.id2label, defaults.label2id, None
+    trained_config, base.config = base.config, head_free
+    try:
+        base.save_pretrained(folder)
+    finally:
+        base.config = trained_config
+
+
 def tokenized(dataset, tokenizer, task: Task, split: str, max_length: int):
     text_columns = ("premise", "hypothesis") if split == "ax" else task.text_columns
     return dataset.map(lambda batch: tokenizer(*(batch[column] for column in text_columns), truncation=True,
@@ -315,7 +332,7 @@ def run_glue(config: FinetuneConfig, callbacks: tuple = ()) -> dict:
             tokenizer.save_pretrained(tmp_dir)
         if config.headless:
             with atomic_folder(os.path.join(config.out, "headless")) as tmp_dir:
-                model.base_model.save_pretrained(tmp_dir)  # encoder + pooler, no classifier
+                save_headless(model, tmp_dir)
                 tokenizer.save_pretrained(tmp_dir)
         if test_outputs:
             results["predictions"] = write_predictions(task, test_outputs, os.path.join(config.out, "predictions"))
