@@ -80,6 +80,11 @@ class FinetuneConfig:
     """Write the GLUE server's test files (predictions/) when the data has test splits."""
     teacher_cache: str = ""
     """Folder of the cached teacher outputs; empty: <out>/teacher_cache."""
+    tokenizer: str = ""
+    """A folder (or hub id) with the tokenizer files, when they are not in --model's folder."""
+    overwrite_output: bool = False
+    """Start over: remove this run's files from --out first (checkpoints, model/, results.json...; the teacher
+    cache stays, checked by its key); without it a finished run is not redone and a run in progress resumes."""
 
     def validate(self) -> None:
         try:
@@ -109,6 +114,13 @@ class FinetuneConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def run_settings(self) -> dict:
+        """The settings that make a run what it is (what `--out` is compared on): all but the actions."""
+        return {key: value for key, value in self.to_dict().items() if key not in ACTIONS}
+
+
+ACTIONS = ("overwrite_output",)  # what to do with --out, not what the run is
 
 
 def flag_name(key: str) -> str:

@@ -90,10 +90,26 @@ def load_classifier(folder: str, flag: str = "--model", **kwargs):
         raise ModelFolderError(f"{flag} {folder}: transformers cannot load it ({one_line(error, 200)})") from None
 
 
+def resolve_model_folder(name: str, flag: str = "--model") -> str:
+    """A local folder as given; anything else is a hub id, looked up in the local hub cache only (no network:
+    `HF_HUB_CACHE`/`HF_HOME` say where it is), its snapshot folder returned. Not cached: one line naming the
+    command that downloads it."""
+    if os.path.isdir(name) or os.path.isabs(name) or name.startswith(".") or name.count("/") > 1:
+        return name  # a path (missing ones are reported by the checks that read it)
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        return snapshot_download(name, local_files_only=True)
+    except Exception as error:  # not cached, or not a valid repo id: the same advice
+        raise ModelFolderError(f"{flag} {name}: no such folder, and not in the local hub cache "
+                               f"{constants.HF_HUB_CACHE} ({type(error).__name__}); download it first (`hf download "
+                               f"{name}`, or `huggingface-cli download {name}`) or give a folder") from None
+
+
 def load_tokenizer(folder: str, flag: str = "--model"):
     from transformers import AutoTokenizer
 
-    if not os.path.isfile(os.path.join(folder, "config.json")):
+    if flag == "--model" and not os.path.isfile(os.path.join(folder, "config.json")):
         raise ModelFolderError(f"{flag} {folder}: no config.json; not a transformers model folder")
     try:
         return AutoTokenizer.from_pretrained(folder)

@@ -7,15 +7,20 @@ Output folder (`--out`):
 - `tensorboard/`; `teacher_cache/` (distillation);
 - `model/`: the best checkpoint's model and tokenizer; `headless/` (with `--headless`): the same without its
   classifier; `predictions/`: the GLUE server's files;
-- `results.json`: dev metrics and the resolved config, written last: its presence means the run is complete.
+- `run_config.json`: the run's settings and its inputs' fingerprints (data, model, teacher), written once every
+  input is checked; a start that fails before its first checkpoint removes it, so it binds `--out` to nothing;
+- `results.json`: dev metrics, the resolved config and the inputs' fingerprints, written last: its presence
+  means the run is complete.
 
 Every final file or folder is written atomically (`formats.files`), so a killed run never leaves one that
 looks complete. Rerunning the same command resumes from the newest complete Trainer checkpoint (one with
-its `trainer_state.json`, which the Trainer writes last); a finished run is not redone.
+its `trainer_state.json`, which the Trainer writes last); a finished run is not redone unless its settings or
+inputs changed (an error: another `--out`, or `--overwrite-output` to start over).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -38,6 +43,7 @@ from .model_folder import (
     load_classifier,
     load_tokenizer,
     refused_checkpoint,
+    resolve_model_folder,
 )
 from .tasks import DEV_SUFFIX, Task, get_task
 
@@ -181,21 +187,82 @@ def complete_checkpoint(checkpoint_dir: str) -> str | None:
     return newest
 
 
-def check_run_folder(config: FinetuneConfig) -> dict | None:
-    """The finished results when this exact run is complete; an error when the folder holds another run."""
+def has_saved_work(out: str) -> bool:
+    """The folder holds something of a run to keep: its results, or a complete Trainer checkpoint."""
+    checkpoints = os.path.join(out, "checkpoints")
+    return os.path.isfile(os.path.join(out, RESULTS_FILE)) or (os.path.isdir(checkpoints) and any(
+        os.path.isfile(os.path.join(checkpoints, name, TRAINER_STATE)) for name in os.listdir(checkpoints)))
+
+
+def check_run_folder(config: FinetuneConfig, inputs: dict[str, str]) -> dict | None:
+    """The finished results when this exact run (settings and inputs' fingerprints) is complete; an error when
+    the folder holds another run with work saved. A start that saved nothing binds nothing: it is started over."""
     saved_config = os.path.join(config.out, RUN_CONFIG_FILE)
-    if os.path.isfile(saved_config):
-        with open(saved_config, encoding="utf-8") as handle:
-            previous = json.load(handle)
-        if previous != config.to_dict():
-            changed = sorted(key for key in config.to_dict() if previous.get(key) != config.to_dict()[key])
-            raise FinetuneConfigError(f"--out {config.out}: holds a run with other settings ({', '.join(changed)}); "
-                                      "use another --out, or remove it to start over")
-        results = os.path.join(config.out, RESULTS_FILE)
-        if os.path.isfile(results):
-            with open(results, encoding="utf-8") as handle:
-                return json.load(handle)
+    if not os.path.isfile(saved_config):
+        return None
+    if not has_saved_work(config.out):
+        log(f"{config.out}: a start that saved no checkpoint; starting over")
+        return None
+    with open(saved_config, encoding="utf-8") as handle:
+        previous = json.load(handle)
+    settings = config.run_settings()
+    changed = sorted(key for key in settings if previous.get(key) != settings[key])
+    if changed:
+        raise FinetuneConfigError(f"--out {config.out}: holds a run with other settings ({', '.join(changed)}); "
+                                  "use another --out, or --overwrite-output to start over")
+    changed = sorted(key for key, value in inputs.items() if previous.get("inputs", inputs).get(key) != value)
+    if changed:
+        raise FinetuneConfigError(f"--out {config.out}: holds a run on other inputs ({', '.join(changed)} changed at "
+                                  "the same paths); use another --out, or --overwrite-output to start over")
+    results = os.path.join(config.out, RESULTS_FILE)
+    if os.path.isfile(results):
+        with open(results, encoding="utf-8") as handle:
+            return json.load(handle)
     return None
+
+
+RUN_FILES = ("checkpoints", "model", "headless", "predictions", "tensorboard", RESULTS_FILE, RUN_CONFIG_FILE)
+
+
+def remove_run_files(out: str) -> None:
+    """This project's run files in `out` (nothing else a user keeps there; the teacher cache stays)."""
+    for name in RUN_FILES:
+        path = os.path.join(out, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
+def input_fingerprints(splits: dict, model_dir: str, teacher_dir: str) -> dict[str, str]:
+    """sha256s of what the run reads besides its settings: every split's content, the model's and the
+    teacher's files. A finished run with other inputs at the same paths is not "nothing to do"."""
+    from .distill import folder_fingerprint
+
+    data = hashlib.sha256(json.dumps({split: fingerprint(rows) for split, rows in splits.items()},
+                                     sort_keys=True).encode()).hexdigest()
+    inputs = {"data": data, "model": folder_fingerprint(model_dir)}
+    if teacher_dir:
+        inputs["teacher"] = folder_fingerprint(teacher_dir)
+    return inputs
+
+
+POSITION_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert", "longformer")  # positions start at pad_token_id + 1
+
+
+def check_max_length(max_length: int, folder: str, flag: str) -> None:
+    """`--max-length` within the model's position embeddings (a longer batch would fail mid-run)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(folder)
+    positions = getattr(config, "max_position_embeddings", None)
+    if not positions:
+        return
+    if config.model_type in POSITION_OFFSET_MODELS:
+        positions -= (config.pad_token_id or 0) + 1
+    if max_length > positions:
+        raise FinetuneConfigError(f"--max-length {max_length}: {flag} {folder} has {positions} positions; use "
+                                  f"--max-length {positions} or less")
 
 
 def dev_results(task: Task, metrics: dict[str, float]) -> dict[str, float]:
@@ -225,32 +292,64 @@ def quiet_libraries() -> None:
 def run_glue(config: FinetuneConfig, callbacks: tuple = ()) -> dict:
     """Finetunes (or finds finished) one task; returns results.json's content. `callbacks`: more
     `TrainerCallback`s (a caller's own hooks)."""
+    from .distill import check_teacher
+
+    quiet_libraries()
+    task = get_task(config.task)
+    # Everything that can be wrong with the input is found here, before anything is written.
+    model_dir = resolve_model_folder(config.model, "--model")
+    teacher_dir = resolve_model_folder(config.teacher, "--teacher") if config.teacher else ""
+    splits = load_task(task, config.data, with_test=config.predict)
+    tokenizer = load_tokenizer(resolve_model_folder(config.tokenizer, "--tokenizer") if config.tokenizer
+                               else model_dir, "--tokenizer" if config.tokenizer else "--model")
+    check_weights(model_dir, "--model")
+    student_label_order(model_dir, task)
+    check_max_length(config.max_length, model_dir, "--model")
+    if teacher_dir:
+        check_teacher(teacher_dir, task)
+        check_max_length(config.max_length, teacher_dir, "--teacher")
+    micro, accumulation = micro_batch_and_accumulation(config, world_size())
+    inputs = input_fingerprints(splits, model_dir, teacher_dir)
+    if config.overwrite_output:
+        if is_main_process():
+            remove_run_files(config.out)
+    else:
+        finished = check_run_folder(config, inputs)
+        if finished:
+            log(f"{config.out}: this run is complete ({RESULTS_FILE}); nothing to do")
+            return finished
+    log(f"{task.name}: resolved config\n{describe(config)}")
+    found_out = os.path.isdir(config.out)
+    if is_main_process():
+        os.makedirs(config.out, exist_ok=True)
+        record = {**config.run_settings(), "inputs": inputs}
+        atomic_write_bytes(os.path.join(config.out, RUN_CONFIG_FILE), (json.dumps(record, indent=1) + "\n").encode())
+    try:
+        return _train_and_write(config, task, splits, tokenizer, model_dir, teacher_dir, inputs, micro, accumulation,
+                                callbacks)
+    except BaseException:
+        if is_main_process() and not has_saved_work(config.out):  # a failed start binds --out to nothing
+            for name in (RUN_CONFIG_FILE, "tensorboard", "checkpoints"):
+                path = os.path.join(config.out, name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                elif os.path.exists(path):
+                    os.remove(path)
+            if not found_out and not os.listdir(config.out):
+                os.rmdir(config.out)
+        raise
+
+
+def _train_and_write(config: FinetuneConfig, task: Task, splits: dict, tokenizer, model_dir: str, teacher_dir: str,
+                     inputs: dict, micro: int, accumulation: int, callbacks: tuple) -> dict:
+    """The run proper, once every input is checked and the run's record is written."""
     import torch
     from transformers import PrinterCallback, TrainingArguments
     from transformers.integrations import TensorBoardCallback
 
-    from .distill import DistillationTrainer, TeacherCollator, check_teacher, teacher_outputs
+    from .distill import DistillationTrainer, TeacherCollator, teacher_outputs
     from .predictions import write_predictions
     from .progress import ConsoleProgress, SavedOnEveryRank
-
-    quiet_libraries()
-    task = get_task(config.task)
-    finished = check_run_folder(config)
-    if finished:
-        log(f"{config.out}: this run is complete ({RESULTS_FILE}); nothing to do")
-        return finished
-    # Everything that can be wrong with the input is found here, before any compute.
-    splits = load_task(task, config.data, with_test=config.predict)
-    tokenizer = load_tokenizer(config.model)
-    check_weights(config.model, "--model")
-    student_label_order(config.model, task)
-    if config.teacher:
-        check_teacher(config.teacher, task)
-    micro, accumulation = micro_batch_and_accumulation(config, world_size())
-    log(f"{task.name}: resolved config\n{describe(config)}")
-    if is_main_process():
-        os.makedirs(config.out, exist_ok=True)
-        atomic_write_bytes(os.path.join(config.out, RUN_CONFIG_FILE), (describe(config) + "\n").encode())
 
     checkpoint_dir = os.path.join(config.out, "checkpoints")
     by_steps = config.eval_every_steps > 0
@@ -277,7 +376,7 @@ def run_glue(config: FinetuneConfig, callbacks: tuple = ()) -> dict:
     train = tokenized(splits["train"], tokenizer, task, "train", config.max_length)
     if config.teacher:
         with args.main_process_first(local=False, desc="teacher outputs"):  # rank 0 computes, the others read
-            logits = teacher_outputs(config.teacher, task, splits["train"], fingerprint(splits["train"]),
+            logits = teacher_outputs(teacher_dir, task, splits["train"], fingerprint(splits["train"]),
                                      config.max_length, config.teacher_cache or os.path.join(config.out,
                                                                                              "teacher_cache"),
                                      args.device)
@@ -297,7 +396,7 @@ def run_glue(config: FinetuneConfig, callbacks: tuple = ()) -> dict:
 
         callbacks.append(TensorBoardCallback(SummaryWriter(os.path.join(config.out, "tensorboard"))))
     trainer = DistillationTrainer(
-        model=load_student(config.model, task, config.seed), args=args, train_dataset=train, eval_dataset=dev_sets,
+        model=load_student(model_dir, task, config.seed), args=args, train_dataset=train, eval_dataset=dev_sets,
         processing_class=tokenizer, data_collator=TeacherCollator(tokenizer), compute_metrics=compute_metrics,
         callbacks=callbacks, alpha=config.alpha, temperature=config.temperature, regression=task.is_regression)
     trainer.remove_callback(PrinterCallback)  # ConsoleProgress prints the same figures on one line, with an ETA
@@ -324,6 +423,7 @@ def run_glue(config: FinetuneConfig, callbacks: tuple = ()) -> dict:
         "best_checkpoint_step": int(trainer.state.best_global_step or trainer.state.global_step),
         "steps": int(trainer.state.global_step), "train_seconds": round(train_output.metrics["train_runtime"], 1),
         "dev_sizes": {split: len(splits[split]) for split in task.dev_splits}, "config": config.to_dict(),
+        "inputs": inputs,
     }
     if is_main_process():
         model = trainer.model

@@ -2,6 +2,8 @@
 teacher for another task refused in one line (`finetune.labels`, `finetune.run.load_student`,
 `finetune.distill.check_teacher`)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -10,18 +12,23 @@ from finetune.model_folder import ModelFolderError
 from finetune.run import load_student
 from finetune.tasks import get_task
 
+WORDS = "[PAD] [UNK] [CLS] [SEP] [MASK] the a of and in to is was he she it cat dog".split() + list(
+    "abcdefghijklmnopqrstuvwxyz")
 
-def tiny_classifier(folder, labels):
-    """A tiny SqueezeBERT classifier naming its labels `labels` (in its own output order)."""
-    from transformers import SqueezeBertConfig, SqueezeBertForSequenceClassification
+
+def tiny_classifier(folder, labels, positions=64):
+    """A tiny SqueezeBERT classifier naming its labels `labels` (in its own output order), with a tokenizer."""
+    from transformers import BertTokenizerFast, SqueezeBertConfig, SqueezeBertForSequenceClassification
 
     torch.manual_seed(0)
     config = SqueezeBertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                               intermediate_size=64, embedding_size=32, max_position_embeddings=64,
+                               intermediate_size=64, embedding_size=32, max_position_embeddings=positions,
                                num_labels=len(labels), id2label=dict(enumerate(labels)),
                                label2id={name: i for i, name in enumerate(labels)})
     model = SqueezeBertForSequenceClassification(config).eval()
     model.save_pretrained(folder)
+    (Path(folder) / "vocab.txt").write_text("\n".join(WORDS) + "\n")
+    BertTokenizerFast(str(Path(folder) / "vocab.txt")).save_pretrained(folder)
     return model
 
 

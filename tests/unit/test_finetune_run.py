@@ -1,10 +1,18 @@
-"""finetune's precision choice on GPUs, with torch's capability queries answered as each GPU answers them."""
+"""finetune's precision choice on GPUs (torch's capability queries answered as each GPU answers them), and what
+a run checks and records before and after it starts: length limits, a failed start, changed inputs."""
+
+import os
+import shutil
 
 import pytest
 import torch
+from transformers import TrainerCallback
 
-from finetune.config import FinetuneConfigError
-from finetune.run import precision_flags
+from finetune.config import FinetuneConfigError, build_config
+from finetune.run import precision_flags, run_glue
+from tests.conftest import ASSETS
+
+GLUE = os.path.join(ASSETS, "glue")
 
 
 def pretend_gpu(monkeypatch, name: str, native_bf16: bool) -> None:
@@ -27,3 +35,66 @@ def test_auto_is_bf16_on_a_gpu_with_native_bf16_and_fp32_on_a_cpu(monkeypatch):
     pretend_gpu(monkeypatch, "NVIDIA H100 80GB HBM3", native_bf16=True)
     assert precision_flags("auto") == {"bf16": True, "fp16": False}
     assert precision_flags("fp32") == {"bf16": False, "fp16": False}
+
+
+def test_max_length_beyond_the_models_or_teachers_positions_is_one_line_before_anything_is_written(tmp_path, capsys):
+    from finetune.__main__ import main
+    from tests.unit.test_finetune_labels import tiny_classifier
+
+    tiny_classifier(tmp_path / "model", ["LABEL_0", "LABEL_1"])  # 64 positions
+    capsys.readouterr()
+    out = tmp_path / "out"
+    flags = ["glue", "--task", "rte", "--model", str(tmp_path / "model"), "--data", GLUE, "--out", str(out)]
+    assert main([*flags, "--max-length", "65"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"finetune: error: --max-length 65: --model {tmp_path / 'model'} has 64 positions; use "
+                   "--max-length 64 or less\n")
+    assert not out.exists()
+    tiny_classifier(tmp_path / "teacher", ["entailment", "not_entailment"], positions=32)
+    capsys.readouterr()
+    assert main([*flags, "--max-length", "48", "--teacher", str(tmp_path / "teacher")]) == 2
+    assert f"--teacher {tmp_path / 'teacher'} has 32 positions" in capsys.readouterr().err
+    assert not out.exists()
+
+
+class FailAtStart(TrainerCallback):
+    """A start that fails once the run's record is written (a crash in the first step, a full disk, Ctrl-C)."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        raise RuntimeError("failed start")
+
+
+def tiny_run(tmp_path, model, **settings):
+    return build_config(("", {"task": "rte", "model": model, "data": GLUE, "out": str(tmp_path / "out"),
+                              "max_steps": 1, "max_length": 32, "predict": False, "log_every_steps": 1000,
+                              **settings}))
+
+
+def test_a_failed_start_leaves_out_as_it_found_it_and_another_command_runs_there(tmp_path):
+    from tests.unit.test_finetune_labels import tiny_classifier
+
+    model = str(tmp_path / "model")
+    tiny_classifier(model, ["LABEL_0", "LABEL_1"])
+    with pytest.raises(RuntimeError, match="failed start"):
+        run_glue(tiny_run(tmp_path, model, learning_rate=1e-3), callbacks=(FailAtStart(),))
+    assert not (tmp_path / "out").exists()
+    assert run_glue(tiny_run(tmp_path, model, learning_rate=2e-3))["steps"] == 1  # not "other settings"
+
+
+def test_changed_data_at_the_same_path_is_not_nothing_to_do_and_overwrite_output_starts_over(tmp_path, capsys):
+    from tests.unit.test_finetune_labels import tiny_classifier
+
+    model = str(tmp_path / "model")
+    tiny_classifier(model, ["LABEL_0", "LABEL_1"])
+    shutil.copytree(os.path.join(GLUE, "RTE"), tmp_path / "data" / "RTE")
+    config = tiny_run(tmp_path, model, data=str(tmp_path / "data"))
+    first = run_glue(config)
+    assert run_glue(config) == first and "nothing to do" in capsys.readouterr().err
+    train = tmp_path / "data" / "RTE" / "train.tsv"
+    train.write_text(train.read_text().replace("\tentailment\n", "\tnot_entailment\n", 1))
+    with pytest.raises(FinetuneConfigError, match=r"holds a run on other inputs \(data changed at the same paths\); "
+                       "use another --out, or --overwrite-output to start over"):
+        run_glue(config)
+    again = run_glue(tiny_run(tmp_path, model, data=str(tmp_path / "data"), overwrite_output=True))
+    assert again["inputs"]["data"] != first["inputs"]["data"] and again["inputs"]["model"] == first["inputs"]["model"]
+    assert "nothing to do" not in capsys.readouterr().err
