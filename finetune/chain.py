@@ -24,7 +24,7 @@ from formats.files import atomic_write_bytes
 from .config import FinetuneConfig, FinetuneConfigError, build_config, read_toml, tomllib
 from .data import load_task
 from .distill import check_teacher
-from .model_folder import check_weights, load_classifier, load_tokenizer
+from .model_folder import check_weights, load_classifier, load_tokenizer, resolve_model_folder
 from .run import log, run_glue, student_label_order
 from .tasks import TASKS, get_task
 
@@ -117,8 +117,9 @@ def run_configs(chain: ChainConfig) -> list[tuple[str, FinetuneConfig]]:
 def preflight(runs: list[tuple[str, FinetuneConfig]], chain: ChainConfig) -> None:
     """Everything the chain will read, checked before its first step: every task's data, the student, every
     teacher against its task."""
-    load_tokenizer(chain.model)
-    check_weights(chain.model, "--model")
+    model = resolve_model_folder(chain.model, "--model")  # a hub id: its snapshot in the local cache
+    load_tokenizer(model)
+    check_weights(model, "--model")
     checked = set()
     for _, config in runs:
         task = get_task(config.task)
@@ -126,9 +127,9 @@ def preflight(runs: list[tuple[str, FinetuneConfig]], chain: ChainConfig) -> Non
             load_task(task, config.data, with_test=config.predict)
             checked.add(task.name)
         if config.model == chain.model:
-            student_label_order(chain.model, task)
+            student_label_order(model, task)
         if config.teacher:
-            check_teacher(config.teacher, task)
+            check_teacher(resolve_model_folder(config.teacher, "--teacher"), task)
 
 
 def check_headless(folder: str) -> None:

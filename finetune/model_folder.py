@@ -100,10 +100,10 @@ def resolve_model_folder(name: str, flag: str = "--model") -> str:
 
     try:
         return snapshot_download(name, local_files_only=True)
-    except Exception as error:  # not cached, or not a valid repo id: the same advice
+    except Exception:  # not cached, or not a valid repo id: the same advice
         raise ModelFolderError(f"{flag} {name}: no such folder, and not in the local hub cache "
-                               f"{constants.HF_HUB_CACHE} ({type(error).__name__}); download it first (`hf download "
-                               f"{name}`, or `huggingface-cli download {name}`) or give a folder") from None
+                               f"{constants.HF_HUB_CACHE}; download it first (`hf download {name}`, or "
+                               f"`huggingface-cli download {name}`) or give a folder") from None
 
 
 def load_tokenizer(folder: str, flag: str = "--model"):

@@ -98,3 +98,50 @@ def test_changed_data_at_the_same_path_is_not_nothing_to_do_and_overwrite_output
     again = run_glue(tiny_run(tmp_path, model, data=str(tmp_path / "data"), overwrite_output=True))
     assert again["inputs"]["data"] != first["inputs"]["data"] and again["inputs"]["model"] == first["inputs"]["model"]
     assert "nothing to do" not in capsys.readouterr().err
+
+
+def hub_cache_with(cache, repo_id, source, revision="0123456789abcdef0123456789abcdef01234567"):
+    """`source`'s files as huggingface_hub caches a download of `repo_id` (snapshots/<rev>/, refs/main)."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(source, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    return str(repo / "snapshots" / revision)
+
+
+def test_hub_ids_are_read_from_the_local_hub_cache_and_a_missing_one_names_the_download(tmp_path, monkeypatch,
+                                                                                       capsys):
+    """Offline: `--model org/name` is its cached snapshot (here it reaches the length check, which names the
+    snapshot); `--teacher` too (its labels are checked); one not cached is one line saying what to download."""
+    import huggingface_hub
+
+    from finetune.__main__ import main
+    from tests.conftest import ROOT
+    from tests.unit.test_finetune_labels import tiny_classifier
+
+    tiny_classifier(tmp_path / "model", ["LABEL_0", "LABEL_1"])
+    tiny_classifier(tmp_path / "sst2", ["negative", "positive"])
+    cache = tmp_path / "hub"
+    snapshot = hub_cache_with(cache, "org/tiny-squeezebert", tmp_path / "model")
+    teacher = hub_cache_with(cache, "org/sst2-teacher", tmp_path / "sst2")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    flags = ["glue", "--task", "rte", "--model", "org/tiny-squeezebert", "--data", GLUE, "--out", str(tmp_path / "out")]
+    capsys.readouterr()
+    assert main([*flags, "--max-length", "65"]) == 2
+    assert f"--model {snapshot} has 64 positions" in capsys.readouterr().err
+    assert main([*flags, "--max-length", "64", "--teacher", "org/sst2-teacher"]) == 2
+    assert f"--teacher {teacher}: its labels are ['negative', 'positive']" in capsys.readouterr().err
+    # the real CLI, the cache named by the environment as a user names it
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "finetune", *flags, "--teacher", "org/not-downloaded"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": ROOT, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"finetune: error: --teacher org/not-downloaded: no such folder, and not in the local hub cache {cache}; "
+        "download it first (`hf download org/not-downloaded`, or `huggingface-cli "
+        "download org/not-downloaded`) or give a folder")
+    assert not (tmp_path / "out").exists()
