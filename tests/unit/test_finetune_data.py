@@ -277,3 +277,25 @@ def test_class_labels_that_are_not_the_tasks_are_one_error_and_unnamed_ones_are_
         with pytest.raises(DataError) as raised:
             load_task(rte, str(folder.parent), with_test=False)
         assert str(folder) in str(raised.value) and problem in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_a_broken_row_in_a_test_file_is_an_error_naming_the_file_and_line_not_a_skip(tmp_path, capsys):
+    """The GLUE server scores every test row: a submission without one is wrong, where a train row can go."""
+    import shutil
+
+    shutil.copytree(os.path.join(GLUE, "RTE"), tmp_path / "RTE")
+    test = tmp_path / "RTE" / "test.tsv"
+    lines = test.read_text().splitlines(keepends=True)
+    test.write_text("".join([*lines[:3], "99\tonly one sentence\n", *lines[3:]]))
+    with pytest.raises(DataError) as raised:
+        load_task(get_task("rte"), str(tmp_path))
+    assert str(raised.value) == (f"{test}:4: 2 fields where the file has 3; a test set needs every row (the GLUE "
+                                 "server scores all of them): repair this row")
+    train = tmp_path / "RTE" / "train.tsv"
+    lines = train.read_text().splitlines(keepends=True)
+    train.write_text("".join([*lines[:3], "99\tonly one sentence\n", *lines[3:]]))
+    test.write_text("".join(lines_ for lines_ in test.read_text().splitlines(keepends=True) if not
+                            lines_.startswith("99\t")))
+    capsys.readouterr()
+    assert len(load_task(get_task("rte"), str(tmp_path))["train"]) == len(lines) - 1
+    assert f"{train}: skipped 1 rows with a wrong number of fields (lines [4])" in capsys.readouterr().err
