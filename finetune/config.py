@@ -80,6 +80,17 @@ class FinetuneConfig:
     """Write the GLUE server's test files (predictions/) when the data has test splits."""
     teacher_cache: str = ""
     """Folder of the cached teacher outputs; empty: <out>/teacher_cache."""
+    max_train_samples: int = 0
+    """Train on the first N training examples only; 0: all (run_glue's --max_train_samples, for trials)."""
+    max_eval_samples: int = 0
+    """Evaluate on the first N examples of each dev set only; 0: all."""
+    max_predict_samples: int = 0
+    """Predict the first N examples of each test set only; 0: all (the server needs all: for trials)."""
+    train: bool = True
+    """--no-train: evaluate and predict with --model as it is (a classifier finetuned on the task, e.g. a run's
+    model/); nothing is trained, results.json and predictions/ are written."""
+    evaluate: bool = True
+    """Evaluate on the dev sets; --no-train --no-evaluate: test predictions only."""
     tokenizer: str = ""
     """A folder (or hub id) with the tokenizer files, when they are not in --model's folder."""
     overwrite_output: bool = False
@@ -100,7 +111,8 @@ class FinetuneConfig:
         for key, value in positive.items():
             if value <= 0:
                 raise FinetuneConfigError(f"{flag_name(key)} {value}: must be positive")
-        for key in ("micro_batch", "max_steps", "eval_every_steps", "weight_decay"):
+        for key in ("micro_batch", "max_steps", "eval_every_steps", "weight_decay", "max_train_samples",
+                    "max_eval_samples", "max_predict_samples"):
             if getattr(self, key) < 0:
                 raise FinetuneConfigError(f"{flag_name(key)} {getattr(self, key)}: must be 0 or more")
         if self.epochs <= 0 and not self.max_steps:
@@ -109,6 +121,12 @@ class FinetuneConfig:
             raise FinetuneConfigError(f"--alpha {self.alpha}: must be within [0, 1]")
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise FinetuneConfigError(f"--warmup-fraction {self.warmup_fraction}: must be within [0, 1)")
+        if not self.train:
+            if not (self.evaluate or self.predict):
+                raise FinetuneConfigError("--no-train --no-evaluate --no-predict: nothing to do; keep one of them")
+            for flag, value in (("--teacher", self.teacher), ("--headless", self.headless)):
+                if value:
+                    raise FinetuneConfigError(f"{flag}: only for training; drop it with --no-train")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise FinetuneConfigError(f"--precision {self.precision}: one of auto, bf16, fp16, fp32")
 

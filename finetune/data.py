@@ -208,11 +208,12 @@ def _is_word(label) -> bool:
     return isinstance(label, str) and not _is_number(label)
 
 
-def load_task(task: Task, data: str, with_test: bool = True) -> dict:
-    """Every split of the task: train, the dev split(s) and, when present, the test split(s)."""
+def load_task(task: Task, data: str, with_test: bool = True, with_train: bool = True) -> dict:
+    """Every split of the task: train (unless `with_train` is off), the dev split(s) and, when present, the
+    test split(s)."""
     kind, folder = resolve_source(task, data)
     splits = {}
-    wanted = [*required_splits(task), *(task.test_splits if with_test else ())]
+    wanted = [*required_splits(task)[0 if with_train else 1:], *(task.test_splits if with_test else ())]
     for split in wanted:
         where = _where(kind, folder, data, split)
         try:

@@ -120,10 +120,10 @@ def classifier_rows(model, num_labels: int):
     return found[-1] if found else (None, None)
 
 
-def load_student(folder: str, task: Task, seed: int):
+def load_student(folder: str, task: Task, seed: int, finetuned: bool = False):
     """The model with the task's classifier: its own when it has one of the task's size (rows reordered to
     the task's label order by name, as run_glue's `label_to_id`), else a fresh one (a head of another size is
-    replaced). Either way its config carries the task's `id2label`."""
+    replaced; with `finetuned`, an error). Either way its config carries the task's `id2label`."""
     import torch
     from transformers import set_seed
 
@@ -137,6 +137,9 @@ def load_student(folder: str, task: Task, seed: int):
     new = sorted(set(info["missing_keys"]) | {key for key, *_ in info.get("mismatched_keys", [])})
     log(f"{folder}: {len(new)} new weights ({', '.join(new[:6])}{'...' if len(new) > 6 else ''})")
     name, classifier = classifier_rows(model, task.num_labels)
+    if finetuned and (classifier is None or any(key.startswith(f"{name}.") for key in new)):
+        raise ModelFolderError(f"--model {folder}: no classifier for {task.name} to evaluate (its classifier weights "
+                               f"would be new: {', '.join(new[:4])}); --no-train needs a model finetuned on the task")
     if order and classifier is not None and not any(key.startswith(f"{name}.") for key in new):
         with torch.no_grad():  # output i becomes the task's label i
             classifier.weight.copy_(classifier.weight[order])
@@ -144,6 +147,14 @@ def load_student(folder: str, task: Task, seed: int):
                 classifier.bias.copy_(classifier.bias[order])
         log(f"{folder}: its classifier's outputs reordered by label name to {task.name}'s {list(task.label_names)}")
     return model
+
+
+def samples(config: FinetuneConfig, task: Task, splits: dict) -> dict:
+    """The first `--max-{train,eval,predict}-samples` rows of each split (run_glue's trial runs)."""
+    limits = {"train": config.max_train_samples, **{split: config.max_eval_samples for split in task.dev_splits},
+              **{split: config.max_predict_samples for split in task.test_splits}}
+    return {split: rows.select(range(min(limits[split], len(rows)))) if limits[split] else rows
+            for split, rows in splits.items()}
 
 
 def save_headless(model, folder: str) -> None:
@@ -299,7 +310,7 @@ def run_glue(config: FinetuneConfig, callbacks: tuple = ()) -> dict:
     # Everything that can be wrong with the input is found here, before anything is written.
     model_dir = resolve_model_folder(config.model, "--model")
     teacher_dir = resolve_model_folder(config.teacher, "--teacher") if config.teacher else ""
-    splits = load_task(task, config.data, with_test=config.predict)
+    splits = samples(config, task, load_task(task, config.data, with_test=config.predict, with_train=config.train))
     tokenizer = load_tokenizer(resolve_model_folder(config.tokenizer, "--tokenizer") if config.tokenizer
                                else model_dir, "--tokenizer" if config.tokenizer else "--model")
     check_weights(model_dir, "--model")
@@ -373,7 +384,7 @@ def _train_and_write(config: FinetuneConfig, task: Task, splits: dict, tokenizer
         **precision_flags(config.precision),
     )
 
-    train = tokenized(splits["train"], tokenizer, task, "train", config.max_length)
+    train = tokenized(splits["train"], tokenizer, task, "train", config.max_length) if config.train else None
     if config.teacher:
         with args.main_process_first(local=False, desc="teacher outputs"):  # rank 0 computes, the others read
             logits = teacher_outputs(teacher_dir, task, splits["train"], fingerprint(splits["train"]),
@@ -395,23 +406,27 @@ def _train_and_write(config: FinetuneConfig, task: Task, splits: dict, tokenizer
         from torch.utils.tensorboard import SummaryWriter
 
         callbacks.append(TensorBoardCallback(SummaryWriter(os.path.join(config.out, "tensorboard"))))
+    student = load_student(model_dir, task, config.seed, finetuned=not config.train)
     trainer = DistillationTrainer(
-        model=load_student(model_dir, task, config.seed), args=args, train_dataset=train, eval_dataset=dev_sets,
+        model=student, args=args, train_dataset=train, eval_dataset=dev_sets,
         processing_class=tokenizer, data_collator=TeacherCollator(tokenizer), compute_metrics=compute_metrics,
         callbacks=callbacks, alpha=config.alpha, temperature=config.temperature, regression=task.is_regression)
     trainer.remove_callback(PrinterCallback)  # ConsoleProgress prints the same figures on one line, with an ETA
-    resume = complete_checkpoint(checkpoint_dir)
-    if resume:
-        log(f"resuming from {resume}")
-    try:
-        train_output = trainer.train(resume_from_checkpoint=resume)
-    except pickle.UnpicklingError as error:  # the Trainer reads its checkpoint's states with weights_only=True
-        if resume and is_refused_pickle(error):
-            raise refused_checkpoint(resume, error) from None
-        raise
+    train_seconds = 0.0
+    if config.train:
+        resume = complete_checkpoint(checkpoint_dir)
+        if resume:
+            log(f"resuming from {resume}")
+        try:
+            train_seconds = trainer.train(resume_from_checkpoint=resume).metrics["train_runtime"]
+        except pickle.UnpicklingError as error:  # the Trainer reads its checkpoint's states with weights_only=True
+            if resume and is_refused_pickle(error):
+                raise refused_checkpoint(resume, error) from None
+            raise
 
-    metrics = {}  # the best model (load_best_model_at_end) on every dev set
-    for name, data in (dev_sets.items() if isinstance(dev_sets, dict) else [(None, dev_sets)]):
+    metrics = {}  # the best model (load_best_model_at_end), or --model as given, on every dev set
+    for name, data in (dev_sets.items() if isinstance(dev_sets, dict) else [(None, dev_sets)]) if config.evaluate \
+            else ():
         metrics.update(trainer.evaluate(data, metric_key_prefix=f"eval_{name}" if name else "eval"))
     test_outputs = {}
     for split in task.test_splits:
@@ -419,17 +434,18 @@ def _train_and_write(config: FinetuneConfig, task: Task, splits: dict, tokenizer
             data = tokenized(splits[split].remove_columns("label"), tokenizer, task, split, config.max_length)
             test_outputs[split] = (splits[split]["idx"], trainer.predict(data).predictions)
     results = {
-        "task": task.name, "distilled": bool(config.teacher), "dev": dev_results(task, metrics),
+        "task": task.name, "distilled": bool(config.teacher), "dev": dev_results(task, metrics) if metrics else {},
         "best_checkpoint_step": int(trainer.state.best_global_step or trainer.state.global_step),
-        "steps": int(trainer.state.global_step), "train_seconds": round(train_output.metrics["train_runtime"], 1),
+        "steps": int(trainer.state.global_step), "train_seconds": round(train_seconds, 1),
         "dev_sizes": {split: len(splits[split]) for split in task.dev_splits}, "config": config.to_dict(),
         "inputs": inputs,
     }
     if is_main_process():
         model = trainer.model
-        with atomic_folder(os.path.join(config.out, "model")) as tmp_dir:
-            model.save_pretrained(tmp_dir)
-            tokenizer.save_pretrained(tmp_dir)
+        if config.train:  # --no-train: the model is --model, unchanged
+            with atomic_folder(os.path.join(config.out, "model")) as tmp_dir:
+                model.save_pretrained(tmp_dir)
+                tokenizer.save_pretrained(tmp_dir)
         if config.headless:
             with atomic_folder(os.path.join(config.out, "headless")) as tmp_dir:
                 save_headless(model, tmp_dir)
@@ -439,7 +455,8 @@ def _train_and_write(config: FinetuneConfig, task: Task, splits: dict, tokenizer
         atomic_write_bytes(os.path.join(config.out, RESULTS_FILE), (json.dumps(results, indent=1) + "\n").encode())
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # complete: model/ holds the best; optimizer states go
         shown = " ".join(f"{key} {value:.4f}" for key, value in results["dev"].items())
-        log(f"{task.name}: dev {shown}; best model in {os.path.join(config.out, 'model')}")
+        log(f"{task.name}: dev {shown or '(not evaluated)'}; " + (f"best model in {os.path.join(config.out, 'model')}"
+                                                                   if config.train else f"model {model_dir}"))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
     return results

@@ -145,3 +145,31 @@ def test_hub_ids_are_read_from_the_local_hub_cache_and_a_missing_one_names_the_d
         "download it first (`hf download org/not-downloaded`, or `huggingface-cli "
         "download org/not-downloaded`) or give a folder")
     assert not (tmp_path / "out").exists()
+
+
+def test_sample_limits_and_evaluation_or_prediction_only_runs_on_a_finetuned_model(tmp_path):
+    """run_glue's conveniences: --max-{train,eval,predict}-samples cut each split; --no-train evaluates the
+    finetuned model as it is (the same dev figures as the run that made it) and --no-evaluate leaves only the
+    predictions; a model without the task's classifier is refused for --no-train."""
+    from finetune.model_folder import ModelFolderError
+    from tests.unit.test_finetune_labels import tiny_classifier
+
+    model = str(tmp_path / "model")
+    tiny_classifier(model, ["LABEL_0", "LABEL_1"])
+    limits = {"max_train_samples": 8, "max_eval_samples": 5, "max_predict_samples": 3}
+    trained = run_glue(tiny_run(tmp_path, model, max_steps=0, epochs=1.0, batch_size=4, predict=True, **limits))
+    assert trained["steps"] == 2 and trained["dev_sizes"] == {"validation": 5}
+    assert (tmp_path / "out" / "predictions" / "RTE.tsv").read_text().count("\n") == 1 + 3
+    finetuned = str(tmp_path / "out" / "model")
+    evaluated = run_glue(build_config(("", {"task": "rte", "model": finetuned, "data": GLUE, "train": False,
+                                            "out": str(tmp_path / "eval"), "max_length": 32, **limits})))
+    assert evaluated["dev"] == pytest.approx(trained["dev"]) and evaluated["steps"] == 0
+    assert sorted(os.listdir(tmp_path / "eval")) == ["predictions", "results.json", "run_config.json", "tensorboard"]
+    predicted = run_glue(build_config(("", {"task": "rte", "model": finetuned, "data": GLUE, "train": False,
+                                            "evaluate": False, "out": str(tmp_path / "predict"), "max_length": 32})))
+    assert predicted["dev"] == {} and (tmp_path / "predict" / "predictions" / "RTE.tsv").is_file()
+    tiny_classifier(tmp_path / "three", ["a", "b", "c"])
+    with pytest.raises(ModelFolderError, match="no classifier for rte to evaluate"):
+        run_glue(build_config(("", {"task": "rte", "model": str(tmp_path / "three"), "data": GLUE, "train": False,
+                                    "out": str(tmp_path / "three_out"), "max_length": 32})))
+    assert not (tmp_path / "three_out").exists()
