@@ -87,6 +87,16 @@ def load_chain_config(args: argparse.Namespace) -> ChainConfig:
     config.teachers = {get_task(task).name: teacher for task, teacher in config.teachers.items()}
     if "mnli" in config.teachers:
         raise FinetuneConfigError("--task mnli: MNLI is the chain's first step (its teacher is --mnli-teacher)")
+    tasks = ["mnli", *config.teachers]
+    named = {}
+    for name, values in config.task_settings.items():  # a misspelt table would otherwise be ignored
+        task = TASKS.get(name.lower().replace("-", ""))
+        if task is None or task.name not in tasks:
+            raise FinetuneConfigError(f"--config {args.config}: [task_settings.{name}]: "
+                                      f"{'not a task of this chain' if task else 'unknown task'}; the chain's tasks "
+                                      f"are {tasks}")
+        named[task.name] = values
+    config.task_settings = named
     return config
 
 

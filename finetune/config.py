@@ -2,9 +2,10 @@
 file < command-line flags. Every field is a flag (`--learning-rate 2e-5`) and a TOML key (`learning_rate`);
 bad values are one-line errors naming the flag, before any compute.
 
-Defaults are the SqueezeBERT model card's run_glue example (AdamW, learning rate 3e-5, batch 16, length 128)
-with BERT's linear warmup over 10% of the steps; per-task presets (`finetune/presets/tasks.toml`, shipped
-in the package) change what common practice changes per task size (epochs, evaluation interval).
+Defaults: the learning rate (3e-5) and batch (16) of the SqueezeBERT model card's run_glue command (MRPC),
+run_glue's own length (128) and AdamW, BERT's linear warmup over 10% of the steps and its 3 epochs;
+per-task presets (`finetune/presets/tasks.toml`, shipped in the package) change what common practice changes
+per task size (epochs, evaluation interval), beneath a TOML file's and the flags' values.
 """
 
 from __future__ import annotations
@@ -51,12 +52,14 @@ class FinetuneConfig:
     temperature: float = 2.0
     """Softmax temperature of the distillation term (Hinton et al.); the term is scaled by T^2."""
     learning_rate: float = 3e-5
-    """AdamW's peak learning rate (the model card's 3e-5)."""
+    """AdamW's peak learning rate (the model card's MRPC command: 3e-5)."""
     batch_size: int = 16
-    """Samples per optimizer step, whatever the number of ranks (the model card's 16)."""
+    """Samples per optimizer step, whatever the number of ranks (the model card's MRPC command: 16)."""
     micro_batch: int = 0
     """Samples per rank per forward/backward; 0: batch_size / ranks. Accumulation is computed."""
     epochs: float = 3.0
+    """Passes over the training set. Each task's preset sets its own (CoLA, MRPC, STS-B, RTE: 10; the others: 3;
+    finetune/presets/tasks.toml), over this default: set this flag or the TOML key to choose."""
     max_steps: int = 0
     """Optimizer steps; 0: `epochs` passes over the training set."""
     warmup_fraction: float = 0.1
@@ -64,7 +67,8 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     """AdamW's decoupled weight decay (run_glue's default 0)."""
     max_length: int = 128
-    """Tokens per example (pair) at most; longer inputs are truncated (the model card's 128)."""
+    """Tokens per example (pair) at most; longer inputs are truncated (run_glue's default 128); at most the
+    model's and the teacher's position embeddings."""
     eval_every_steps: int = 0
     """Evaluate on the dev set (and checkpoint) every N steps; 0: at the end of each epoch."""
     log_every_steps: int = 20

@@ -232,6 +232,7 @@ def check_run_folder(config: FinetuneConfig, inputs: dict[str, str]) -> dict | N
     return None
 
 
+TEST_SPLITS = ("test", "test_matched", "test_mismatched", "ax")
 RUN_FILES = ("checkpoints", "model", "headless", "predictions", "tensorboard", RESULTS_FILE, RUN_CONFIG_FILE)
 
 
@@ -250,8 +251,10 @@ def input_fingerprints(splits: dict, model_dir: str, teacher_dir: str) -> dict[s
     teacher's files. A finished run with other inputs at the same paths is not "nothing to do"."""
     from .distill import folder_fingerprint
 
-    data = hashlib.sha256(json.dumps({split: fingerprint(rows) for split, rows in splits.items()},
-                                     sort_keys=True).encode()).hexdigest()
+    content = {split: fingerprint(rows) for split, rows in splits.items()}
+    content.update({f"{split} ids": hashlib.sha256(repr(list(rows["idx"])).encode()).hexdigest()
+                    for split, rows in splits.items() if split in TEST_SPLITS})  # the server files' row ids
+    data = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
     inputs = {"data": data, "model": folder_fingerprint(model_dir)}
     if teacher_dir:
         inputs["teacher"] = folder_fingerprint(teacher_dir)

@@ -299,3 +299,19 @@ def test_a_broken_row_in_a_test_file_is_an_error_naming_the_file_and_line_not_a_
     capsys.readouterr()
     assert len(load_task(get_task("rte"), str(tmp_path))["train"]) == len(lines) - 1
     assert f"{train}: skipped 1 rows with a wrong number of fields (lines [4])" in capsys.readouterr().err
+
+
+def test_qqps_fingerprint_is_the_same_from_the_tsv_and_from_the_hubs_layout(tmp_path):
+    """QQP's TSVs number rows by their question-pair ids, the hub's files from 0: the same texts and labels
+    are the same data (a teacher's cached outputs serve both)."""
+    qqp = get_task("qqp")
+    tsv = load_task(qqp, GLUE)
+    assert tsv["train"]["idx"][0] != 0
+    folder = tmp_path / "qqp"
+    folder.mkdir()
+    for split, data in tsv.items():
+        data.remove_columns("idx").to_json(str(folder / f"{split}.jsonl"))  # rows numbered from 0 on loading
+    hub_layout = load_task(qqp, str(tmp_path))
+    assert hub_layout["train"]["idx"][0] == 0
+    assert {split: fingerprint(data) for split, data in hub_layout.items()} == \
+        {split: fingerprint(data) for split, data in tsv.items()}

@@ -173,3 +173,4 @@ def test_sample_limits_and_evaluation_or_prediction_only_runs_on_a_finetuned_mod
         run_glue(build_config(("", {"task": "rte", "model": str(tmp_path / "three"), "data": GLUE, "train": False,
                                     "out": str(tmp_path / "three_out"), "max_length": 32})))
     assert not (tmp_path / "three_out").exists()
+
