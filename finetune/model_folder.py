@@ -107,12 +107,20 @@ def resolve_model_folder(name: str, flag: str = "--model") -> str:
 
 
 def load_tokenizer(folder: str, flag: str = "--model"):
+    """The folder's tokenizer; one with no vocabulary beyond its special tokens is refused (transformers 5 makes
+    such a tokenizer from a config alone, and every word would be [UNK])."""
     from transformers import AutoTokenizer
 
     if flag == "--model" and not os.path.isfile(os.path.join(folder, "config.json")):
         raise ModelFolderError(f"{flag} {folder}: no config.json; not a transformers model folder")
     try:
-        return AutoTokenizer.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
     except Exception as error:
         raise ModelFolderError(f"{flag} {folder}: no usable tokenizer files ({one_line(error, 160)}); an export "
-                               "needs --vocab (python -m pretrain export --vocab DIR)") from None
+                               "needs --vocab (python -m pretrain export --vocab DIR), or give --tokenizer DIR"
+                               ) from None
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):
+        raise ModelFolderError(f"{flag} {folder}: no usable tokenizer files (no vocabulary beyond the special "
+                               "tokens); an export needs --vocab (python -m pretrain export --vocab DIR), or give "
+                               "--tokenizer DIR")
+    return tokenizer

@@ -174,3 +174,21 @@ def test_sample_limits_and_evaluation_or_prediction_only_runs_on_a_finetuned_mod
                                     "out": str(tmp_path / "three_out"), "max_length": 32})))
     assert not (tmp_path / "three_out").exists()
 
+
+
+def test_a_tokenizer_folder_apart_from_the_model(tmp_path, capsys):
+    """`--tokenizer`: the model's folder holds no tokenizer files (weights and config only), another does."""
+    from finetune.__main__ import main
+    from tests.unit.test_finetune_labels import tiny_classifier
+
+    tiny_classifier(tmp_path / "full", ["LABEL_0", "LABEL_1"])
+    (tmp_path / "weights").mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(tmp_path / "full" / name, tmp_path / "weights" / name)
+    flags = ["glue", "--task", "rte", "--model", str(tmp_path / "weights"), "--data", GLUE, "--max-steps", "1",
+             "--max-length", "32", "--no-predict", "--log-every-steps", "1000"]
+    capsys.readouterr()
+    assert main([*flags, "--out", str(tmp_path / "without")]) == 2
+    assert "no usable tokenizer files" in capsys.readouterr().err
+    assert main([*flags, "--out", str(tmp_path / "with"), "--tokenizer", str(tmp_path / "full")]) == 0
+    assert (tmp_path / "with" / "model" / "tokenizer.json").is_file()
