@@ -32,7 +32,7 @@ from formats.errors import UserError, one_line
 from formats.files import atomic_write_bytes, file_sha256
 
 from .labels import contradiction, id2label_names, output_order
-from .model_folder import check_weights, load_classifier
+from .model_folder import check_weights, load_classifier, load_tokenizer
 from .tasks import Task
 
 CACHE_FORMAT = 1
@@ -128,6 +128,7 @@ def check_teacher(folder: str, task: Task):
     if problem:  # a teacher for another task with as many labels (SST-2's negative/positive for RTE)
         raise TeacherError(f"--teacher {folder}: {problem}; use a teacher finetuned on {task.name}")
     check_weights(folder, "--teacher")
+    load_tokenizer(folder, "--teacher")  # it tokenizes the text itself: a folder without its vocabulary is refused
     return config
 
 

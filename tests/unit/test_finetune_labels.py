@@ -2,6 +2,7 @@
 teacher for another task refused in one line (`finetune.labels`, `finetune.run.load_student`,
 `finetune.distill.check_teacher`)."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,8 @@ def test_a_teacher_for_another_task_with_as_many_labels_is_refused_in_one_line(t
     check_teacher(str(tmp_path / "sst2"), get_task("sst2"))
     tiny_classifier(tmp_path / "upper", ["NOT_ENTAILMENT", "ENTAILMENT"])
     check_teacher(str(tmp_path / "upper"), get_task("rte"))  # the task's names in another order and case
+    for name in os.listdir(tmp_path / "upper"):  # weights and config only: every word would be [UNK]
+        if name not in ("config.json", "model.safetensors"):
+            os.remove(tmp_path / "upper" / name)
+    with pytest.raises(ModelFolderError, match=r"--teacher .*upper: no usable tokenizer files"):
+        check_teacher(str(tmp_path / "upper"), get_task("rte"))
