@@ -17,6 +17,7 @@ import sys
 import typing
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 
 
 def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
@@ -105,6 +106,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as error:
         print(f"finetune: error: {os_error_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except KeyboardInterrupt:  # the Trainer's checkpoints are complete or ignored: the same command resumes
+        print("\nfinetune: interrupted; run the same command again to resume from the last complete checkpoint",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

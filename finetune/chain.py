@@ -24,8 +24,8 @@ from formats.files import atomic_write_bytes
 from .config import FinetuneConfig, FinetuneConfigError, build_config, read_toml, tomllib
 from .data import load_task
 from .distill import check_teacher
-from .model_folder import check_weights, load_classifier, load_tokenizer
-from .run import log, run_glue
+from .model_folder import check_weights, load_classifier, load_tokenizer, resolve_model_folder
+from .run import log, run_glue, student_label_order
 from .tasks import TASKS, get_task
 
 CHAIN_KEYS = ("model", "data", "out", "mnli_teacher", "teachers", "without", "settings", "task_settings")
@@ -87,6 +87,16 @@ def load_chain_config(args: argparse.Namespace) -> ChainConfig:
     config.teachers = {get_task(task).name: teacher for task, teacher in config.teachers.items()}
     if "mnli" in config.teachers:
         raise FinetuneConfigError("--task mnli: MNLI is the chain's first step (its teacher is --mnli-teacher)")
+    tasks = ["mnli", *config.teachers]
+    named = {}
+    for name, values in config.task_settings.items():  # a misspelt table would otherwise be ignored
+        task = TASKS.get(name.lower().replace("-", ""))
+        if task is None or task.name not in tasks:
+            raise FinetuneConfigError(f"--config {args.config}: [task_settings.{name}]: "
+                                      f"{'not a task of this chain' if task else 'unknown task'}; the chain's tasks "
+                                      f"are {tasks}")
+        named[task.name] = values
+    config.task_settings = named
     return config
 
 
@@ -117,16 +127,19 @@ def run_configs(chain: ChainConfig) -> list[tuple[str, FinetuneConfig]]:
 def preflight(runs: list[tuple[str, FinetuneConfig]], chain: ChainConfig) -> None:
     """Everything the chain will read, checked before its first step: every task's data, the student, every
     teacher against its task."""
-    load_tokenizer(chain.model)
-    check_weights(chain.model, "--model")
+    model = resolve_model_folder(chain.model, "--model")  # a hub id: its snapshot in the local cache
+    load_tokenizer(model)
+    check_weights(model, "--model")
     checked = set()
     for _, config in runs:
         task = get_task(config.task)
         if task.name not in checked:
             load_task(task, config.data, with_test=config.predict)
             checked.add(task.name)
+        if config.model == chain.model:
+            student_label_order(model, task)
         if config.teacher:
-            check_teacher(config.teacher, task)
+            check_teacher(resolve_model_folder(config.teacher, "--teacher"), task)
 
 
 def check_headless(folder: str) -> None:

@@ -2,9 +2,10 @@
 file < command-line flags. Every field is a flag (`--learning-rate 2e-5`) and a TOML key (`learning_rate`);
 bad values are one-line errors naming the flag, before any compute.
 
-Defaults are the SqueezeBERT model card's run_glue example (AdamW, learning rate 3e-5, batch 16, length 128)
-with BERT's linear warmup over 10% of the steps; per-task presets (`finetune/presets/tasks.toml`, shipped
-in the package) change what common practice changes per task size (epochs, evaluation interval).
+Defaults: the learning rate (3e-5) and batch (16) of the SqueezeBERT model card's run_glue command (MRPC),
+run_glue's own length (128) and AdamW, BERT's linear warmup over 10% of the steps and its 3 epochs;
+per-task presets (`finetune/presets/tasks.toml`, shipped in the package) change what common practice changes
+per task size (epochs, evaluation interval), beneath a TOML file's and the flags' values.
 """
 
 from __future__ import annotations
@@ -51,12 +52,14 @@ class FinetuneConfig:
     temperature: float = 2.0
     """Softmax temperature of the distillation term (Hinton et al.); the term is scaled by T^2."""
     learning_rate: float = 3e-5
-    """AdamW's peak learning rate (the model card's 3e-5)."""
+    """AdamW's peak learning rate (the model card's MRPC command: 3e-5)."""
     batch_size: int = 16
-    """Samples per optimizer step, whatever the number of ranks (the model card's 16)."""
+    """Samples per optimizer step, whatever the number of ranks (the model card's MRPC command: 16)."""
     micro_batch: int = 0
     """Samples per rank per forward/backward; 0: batch_size / ranks. Accumulation is computed."""
     epochs: float = 3.0
+    """Passes over the training set. Each task's preset sets its own (CoLA, MRPC, STS-B, RTE: 10; the others: 3;
+    finetune/presets/tasks.toml), over this default: set this flag or the TOML key to choose."""
     max_steps: int = 0
     """Optimizer steps; 0: `epochs` passes over the training set."""
     warmup_fraction: float = 0.1
@@ -64,7 +67,8 @@ class FinetuneConfig:
     weight_decay: float = 0.0
     """AdamW's decoupled weight decay (run_glue's default 0)."""
     max_length: int = 128
-    """Tokens per example (pair) at most; longer inputs are truncated (the model card's 128)."""
+    """Tokens per example (pair) at most; longer inputs are truncated (run_glue's default 128); at most the
+    model's and the teacher's position embeddings."""
     eval_every_steps: int = 0
     """Evaluate on the dev set (and checkpoint) every N steps; 0: at the end of each epoch."""
     log_every_steps: int = 20
@@ -80,6 +84,22 @@ class FinetuneConfig:
     """Write the GLUE server's test files (predictions/) when the data has test splits."""
     teacher_cache: str = ""
     """Folder of the cached teacher outputs; empty: <out>/teacher_cache."""
+    max_train_samples: int = 0
+    """Train on the first N training examples only; 0: all (run_glue's --max_train_samples, for trials)."""
+    max_eval_samples: int = 0
+    """Evaluate on the first N examples of each dev set only; 0: all."""
+    max_predict_samples: int = 0
+    """Predict the first N examples of each test set only; 0: all (the server needs all: for trials)."""
+    train: bool = True
+    """--no-train: evaluate and predict with --model as it is (a classifier finetuned on the task, e.g. a run's
+    model/); nothing is trained, results.json and predictions/ are written."""
+    evaluate: bool = True
+    """Evaluate on the dev sets; --no-train --no-evaluate: test predictions only."""
+    tokenizer: str = ""
+    """A folder (or hub id) with the tokenizer files, when they are not in --model's folder."""
+    overwrite_output: bool = False
+    """Start over: remove this run's files from --out first (checkpoints, model/, results.json...; the teacher
+    cache stays, checked by its key); without it a finished run is not redone and a run in progress resumes."""
 
     def validate(self) -> None:
         try:
@@ -95,7 +115,8 @@ class FinetuneConfig:
         for key, value in positive.items():
             if value <= 0:
                 raise FinetuneConfigError(f"{flag_name(key)} {value}: must be positive")
-        for key in ("micro_batch", "max_steps", "eval_every_steps", "weight_decay"):
+        for key in ("micro_batch", "max_steps", "eval_every_steps", "weight_decay", "max_train_samples",
+                    "max_eval_samples", "max_predict_samples"):
             if getattr(self, key) < 0:
                 raise FinetuneConfigError(f"{flag_name(key)} {getattr(self, key)}: must be 0 or more")
         if self.epochs <= 0 and not self.max_steps:
@@ -104,11 +125,24 @@ class FinetuneConfig:
             raise FinetuneConfigError(f"--alpha {self.alpha}: must be within [0, 1]")
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise FinetuneConfigError(f"--warmup-fraction {self.warmup_fraction}: must be within [0, 1)")
+        if not self.train:
+            if not (self.evaluate or self.predict):
+                raise FinetuneConfigError("--no-train --no-evaluate --no-predict: nothing to do; keep one of them")
+            for flag, value in (("--teacher", self.teacher), ("--headless", self.headless)):
+                if value:
+                    raise FinetuneConfigError(f"{flag}: only for training; drop it with --no-train")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise FinetuneConfigError(f"--precision {self.precision}: one of auto, bf16, fp16, fp32")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def run_settings(self) -> dict:
+        """The settings that make a run what it is (what `--out` is compared on): all but the actions."""
+        return {key: value for key, value in self.to_dict().items() if key not in ACTIONS}
+
+
+ACTIONS = ("overwrite_output",)  # what to do with --out, not what the run is
 
 
 def flag_name(key: str) -> str:

@@ -8,6 +8,10 @@ Sources (`--data`):
   folder or in `<folder>/<task>/` or `<folder>/<GLUE dir>/`;
 - a folder saved by `datasets` (`DatasetDict.save_to_disk`), the same places.
 
+A label column that names its classes (a ClassLabel: datasets folders, the hub's parquet files) is mapped to
+the task's ids by name (`finetune.labels`): MNLI saved with `class_encode_column` numbers its classes
+alphabetically. Integer labels without names are taken as the hub's ids and checked by range.
+
 Every split comes out with the task's text columns, `label` (the hub's ids; -1 on test sets) and `idx`.
 Train and dev splits are required; a missing test split only means no test-server predictions.
 """
@@ -23,6 +27,7 @@ import numpy as np
 from formats.errors import one_line
 
 from .glue_files import DataError, parse_label, read_tsv, split_path
+from .labels import contradiction, task_ids
 from .tasks import Task
 
 HUB_DATASET = "nyu-mll/glue"
@@ -119,11 +124,34 @@ def normalize(task: Task, raw, split: str, where: str):
     if "label" not in dataset.column_names:
         dataset = dataset.add_column("label", [-1.0 if task.is_regression else -1] * len(dataset))
     dataset = dataset.select_columns([*text_columns, "label", "idx"])
+    dataset = _labels_by_name(task, dataset, where)
     if labelled:
         dataset = _checked_labels(task, dataset, where)
     if len(dataset) == 0:
         raise DataError(f"{where}: no rows")
     return dataset
+
+
+def _labels_by_name(task: Task, dataset, where: str):
+    """A ClassLabel `label` (a datasets folder, the hub's parquet files) as the task's ids, mapped by its names
+    (`finetune.labels`); names that are not the task's are an error naming `where`."""
+    import datasets
+
+    feature = dataset.features["label"]
+    if not isinstance(feature, datasets.ClassLabel):
+        return dataset
+    problem = contradiction(task, feature.names)
+    if problem:
+        raise DataError(f"{where}: the label column is a ClassLabel and {problem}; give {task.name}'s labels "
+                        f"({list(task.label_names) or 'scores in [0, 5]'})")
+    ids = task_ids(task, feature.names)
+    plain = datasets.Value("float32" if task.is_regression else "int64")
+    dataset = dataset.cast_column("label", plain)  # the task's ids from here on, not the source's names
+    if ids is None:
+        return dataset
+    # -1 (a test set's "no label") and ids outside the feature stay as they are, for the range check to name
+    return dataset.map(lambda batch: {"label": [ids[label] if 0 <= label < len(ids) else label
+                                                for label in batch["label"]]}, batched=True)
 
 
 def _checked_labels(task: Task, dataset, where: str):
@@ -162,7 +190,7 @@ def _where(kind: str, folder: str | None, data: str, split: str) -> str:
     files = _split_files(folder, split) if kind == "files" and split != "ax" else []
     if files:
         return files[0] + (f" (and {len(files) - 1} more {split} files)" if len(files) > 1 else "")
-    return f"--data {data} ({split})"
+    return f"{folder} ({split})" if kind == "disk" else f"--data {data} ({split})"
 
 
 def _is_number(label) -> bool:
@@ -180,11 +208,12 @@ def _is_word(label) -> bool:
     return isinstance(label, str) and not _is_number(label)
 
 
-def load_task(task: Task, data: str, with_test: bool = True) -> dict:
-    """Every split of the task: train, the dev split(s) and, when present, the test split(s)."""
+def load_task(task: Task, data: str, with_test: bool = True, with_train: bool = True) -> dict:
+    """Every split of the task: train (unless `with_train` is off), the dev split(s) and, when present, the
+    test split(s)."""
     kind, folder = resolve_source(task, data)
     splits = {}
-    wanted = [*required_splits(task), *(task.test_splits if with_test else ())]
+    wanted = [*required_splits(task)[0 if with_train else 1:], *(task.test_splits if with_test else ())]
     for split in wanted:
         where = _where(kind, folder, data, split)
         try:
@@ -203,11 +232,14 @@ def load_task(task: Task, data: str, with_test: bool = True) -> dict:
 
 
 def fingerprint(dataset) -> str:
-    """sha256 of a split's content (texts and labels, in order): the same data from any source has the same
-    fingerprint, and any changed row changes it."""
+    """sha256 of a split's content (texts and labels, in order; not `idx`, which sources number differently:
+    QQP's TSVs carry the original question-pair ids, the hub numbers rows from 0): the same data from any
+    source has the same fingerprint, and any changed text or label changes it."""
     digest = hashlib.sha256()
     for batch in dataset.iter(batch_size=4096):
         for column in sorted(batch):
+            if column == "idx":
+                continue
             digest.update(column.encode())
             digest.update(repr(batch[column]).encode())
     return digest.hexdigest()

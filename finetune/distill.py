@@ -31,7 +31,8 @@ from transformers import Trainer
 from formats.errors import UserError, one_line
 from formats.files import atomic_write_bytes, file_sha256
 
-from .model_folder import check_weights, load_classifier
+from .labels import contradiction, id2label_names, output_order
+from .model_folder import check_weights, load_classifier, load_tokenizer
 from .tasks import Task
 
 CACHE_FORMAT = 1
@@ -107,11 +108,7 @@ def folder_fingerprint(folder: str) -> str:
 def teacher_label_order(task: Task, id2label: dict) -> list[int] | None:
     """Where each of the task's labels sits among the teacher's outputs, when the teacher names its labels
     (e.g. an MNLI teacher trained with another order); None when its names are generic (LABEL_0...)."""
-    names = [str(id2label.get(i, id2label.get(str(i), ""))).lower() for i in range(task.num_labels)]
-    wanted = [name.lower() for name in task.label_names]
-    if sorted(names) == sorted(wanted) and names != wanted:
-        return [names.index(name) for name in wanted]
-    return None
+    return output_order(task, id2label_names(id2label, task.num_labels))
 
 
 def check_teacher(folder: str, task: Task):
@@ -127,7 +124,11 @@ def check_teacher(folder: str, task: Task):
     if config.num_labels != task.num_labels:
         raise TeacherError(f"--teacher {folder}: it has {config.num_labels} labels, {task.name} has "
                            f"{task.num_labels}; use a teacher finetuned on {task.name}")
+    problem = contradiction(task, id2label_names(config.id2label, config.num_labels))
+    if problem:  # a teacher for another task with as many labels (SST-2's negative/positive for RTE)
+        raise TeacherError(f"--teacher {folder}: {problem}; use a teacher finetuned on {task.name}")
     check_weights(folder, "--teacher")
+    load_tokenizer(folder, "--teacher")  # it tokenizes the text itself: a folder without its vocabulary is refused
     return config
 
 

@@ -4,8 +4,9 @@ Each task has its own layout, kept here as data: CoLA's train/dev have no header
 label or `*`, sentence) while its test has `index\tsentence`; MRPC's label column is `Quality` and its text
 columns `#1 String`/`#2 String`; MNLI carries a dozen columns (parses, genre, label1..label5) and its label
 is `gold_label`; QNLI, RTE and MNLI spell their labels as words. Files are read with quoting off
-(`csv.QUOTE_NONE`): GLUE text holds unbalanced quotes that a quoting reader would run across lines. A row
-with the wrong number of fields is skipped and counted (the released QQP and MNLI files have a few); a label
+(`csv.QUOTE_NONE`): GLUE text holds unbalanced quotes that a quoting reader would run across lines. A train
+or dev row with the wrong number of fields is skipped and counted (the released QQP and MNLI files have a
+few); in a test file it is an error naming the file and line, since the server needs every row. A label
 outside the task's set is an error naming the file and line.
 """
 
@@ -110,6 +111,9 @@ def read_tsv(task: Task, path: str, split: str) -> dict[str, list]:
             if width is None:
                 width = len(row)  # a headerless file: its first row sets the width
             if len(row) != width:
+                if not labelled:  # the GLUE server scores every test row: a missing one is not a skip
+                    raise DataError(f"{path}:{line_number}: {len(row)} fields where the file has {width}; a test "
+                                    "set needs every row (the GLUE server scores all of them): repair this row")
                 skipped.append(line_number)
                 continue
             for name, position in zip(text_columns, positions):

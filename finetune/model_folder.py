@@ -90,13 +90,37 @@ def load_classifier(folder: str, flag: str = "--model", **kwargs):
         raise ModelFolderError(f"{flag} {folder}: transformers cannot load it ({one_line(error, 200)})") from None
 
 
+def resolve_model_folder(name: str, flag: str = "--model") -> str:
+    """A local folder as given; anything else is a hub id, looked up in the local hub cache only (no network:
+    `HF_HUB_CACHE`/`HF_HOME` say where it is), its snapshot folder returned. Not cached: one line naming the
+    command that downloads it."""
+    if os.path.isdir(name) or os.path.isabs(name) or name.startswith(".") or name.count("/") > 1:
+        return name  # a path (missing ones are reported by the checks that read it)
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        return snapshot_download(name, local_files_only=True)
+    except Exception:  # not cached, or not a valid repo id: the same advice
+        raise ModelFolderError(f"{flag} {name}: no such folder, and not in the local hub cache "
+                               f"{constants.HF_HUB_CACHE}; download it first (`hf download {name}`, or "
+                               f"`huggingface-cli download {name}`) or give a folder") from None
+
+
 def load_tokenizer(folder: str, flag: str = "--model"):
+    """The folder's tokenizer; one with no vocabulary beyond its special tokens is refused (transformers 5 makes
+    such a tokenizer from a config alone, and every word would be [UNK])."""
     from transformers import AutoTokenizer
 
-    if not os.path.isfile(os.path.join(folder, "config.json")):
+    if flag == "--model" and not os.path.isfile(os.path.join(folder, "config.json")):
         raise ModelFolderError(f"{flag} {folder}: no config.json; not a transformers model folder")
     try:
-        return AutoTokenizer.from_pretrained(folder)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
     except Exception as error:
         raise ModelFolderError(f"{flag} {folder}: no usable tokenizer files ({one_line(error, 160)}); an export "
-                               "needs --vocab (python -m pretrain export --vocab DIR)") from None
+                               "needs --vocab (python -m pretrain export --vocab DIR), or give --tokenizer DIR"
+                               ) from None
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):
+        raise ModelFolderError(f"{flag} {folder}: no usable tokenizer files (no vocabulary beyond the special "
+                               "tokens); an export needs --vocab (python -m pretrain export --vocab DIR), or give "
+                               "--tokenizer DIR")
+    return tokenizer

@@ -7,15 +7,20 @@ Output folder (`--out`):
 - `tensorboard/`; `teacher_cache/` (distillation);
 - `model/`: the best checkpoint's model and tokenizer; `headless/` (with `--headless`): the same without its
   classifier; `predictions/`: the GLUE server's files;
-- `results.json`: dev metrics and the resolved config, written last: its presence means the run is complete.
+- `run_config.json`: the run's settings and its inputs' fingerprints (data, model, teacher), written once every
+  input is checked; a start that fails before its first checkpoint removes it, so it binds `--out` to nothing;
+- `results.json`: dev metrics, the resolved config and the inputs' fingerprints, written last: its presence
+  means the run is complete.
 
 Every final file or folder is written atomically (`formats.files`), so a killed run never leaves one that
 looks complete. Rerunning the same command resumes from the newest complete Trainer checkpoint (one with
-its `trainer_state.json`, which the Trainer writes last); a finished run is not redone.
+its `trainer_state.json`, which the Trainer writes last); a finished run is not redone unless its settings or
+inputs changed (an error: another `--out`, or `--overwrite-output` to start over).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -24,12 +29,22 @@ import sys
 
 import numpy as np
 
+from formats.errors import one_line
 from formats.files import atomic_folder, atomic_write_bytes
 
 from .config import FinetuneConfig, FinetuneConfigError, describe
 from .data import fingerprint, load_task
+from .labels import contradiction, id2label_names, output_order
 from .metrics import main_metric, split_metrics
-from .model_folder import check_weights, is_refused_pickle, load_classifier, load_tokenizer, refused_checkpoint
+from .model_folder import (
+    ModelFolderError,
+    check_weights,
+    is_refused_pickle,
+    load_classifier,
+    load_tokenizer,
+    refused_checkpoint,
+    resolve_model_folder,
+)
 from .tasks import DEV_SUFFIX, Task, get_task
 
 RESULTS_FILE = "results.json"
@@ -76,10 +91,43 @@ def precision_flags(precision: str) -> dict:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
-def load_student(folder: str, task: Task, seed: int):
-    """The model with a fresh classifier head of the task's size (a head of another size is replaced)."""
+def student_label_order(folder: str, task: Task) -> list[int] | None:
+    """Where each of the task's labels sits among the outputs of the student's own classifier, when it has one
+    of the task's size that names its labels; names that are not the task's are refused (`finetune.labels`)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except Exception as error:
+        raise ModelFolderError(f"--model {folder}: unreadable config ({one_line(error, 160)})") from None
+    if config.num_labels != task.num_labels:
+        return None  # its classifier, if any, is replaced by one of the task's size
+    names = id2label_names(config.id2label, config.num_labels)
+    problem = contradiction(task, names)
+    if problem:
+        raise ModelFolderError(f"--model {folder}: a classifier for another task ({problem}); give a model "
+                               f"finetuned on {task.name}, or its headless form to start a new classifier")
+    return output_order(task, names)
+
+
+def classifier_rows(model, num_labels: int):
+    """The last linear layer with one output per label: the classifier (`classifier`, RoBERTa's
+    `classifier.out_proj`)."""
+    import torch
+
+    found = [(name, module) for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear) and module.out_features == num_labels]
+    return found[-1] if found else (None, None)
+
+
+def load_student(folder: str, task: Task, seed: int, finetuned: bool = False):
+    """The model with the task's classifier: its own when it has one of the task's size (rows reordered to
+    the task's label order by name, as run_glue's `label_to_id`), else a fresh one (a head of another size is
+    replaced; with `finetuned`, an error). Either way its config carries the task's `id2label`."""
+    import torch
     from transformers import set_seed
 
+    order = student_label_order(folder, task)
     set_seed(seed)  # the new classifier's initialization
     labels = dict(enumerate(task.label_names)) if not task.is_regression else {0: "score"}
     model, info = load_classifier(
@@ -88,7 +136,42 @@ def load_student(folder: str, task: Task, seed: int):
         ignore_mismatched_sizes=True, output_loading_info=True)
     new = sorted(set(info["missing_keys"]) | {key for key, *_ in info.get("mismatched_keys", [])})
     log(f"{folder}: {len(new)} new weights ({', '.join(new[:6])}{'...' if len(new) > 6 else ''})")
+    name, classifier = classifier_rows(model, task.num_labels)
+    if finetuned and (classifier is None or any(key.startswith(f"{name}.") for key in new)):
+        raise ModelFolderError(f"--model {folder}: no classifier for {task.name} to evaluate (its classifier weights "
+                               f"would be new: {', '.join(new[:4])}); --no-train needs a model finetuned on the task")
+    if order and classifier is not None and not any(key.startswith(f"{name}.") for key in new):
+        with torch.no_grad():  # output i becomes the task's label i
+            classifier.weight.copy_(classifier.weight[order])
+            if classifier.bias is not None:
+                classifier.bias.copy_(classifier.bias[order])
+        log(f"{folder}: its classifier's outputs reordered by label name to {task.name}'s {list(task.label_names)}")
     return model
+
+
+def samples(config: FinetuneConfig, task: Task, splits: dict) -> dict:
+    """The first `--max-{train,eval,predict}-samples` rows of each split (run_glue's trial runs)."""
+    limits = {"train": config.max_train_samples, **{split: config.max_eval_samples for split in task.dev_splits},
+              **{split: config.max_predict_samples for split in task.test_splits}}
+    return {split: rows.select(range(min(limits[split], len(rows)))) if limits[split] else rows
+            for split, rows in splits.items()}
+
+
+def save_headless(model, folder: str) -> None:
+    """The classifier's encoder and pooler, without the classifier and without its task's metadata: the
+    config keeps transformers' defaults for `id2label`, `label2id` and `problem_type`, so run_glue's
+    `from_pretrained(folder, num_labels=N)` makes a head of any task from it (STS-B's regression included)."""
+    import copy
+
+    base = model.base_model
+    head_free = copy.deepcopy(base.config)
+    defaults = type(head_free)()
+    head_free.id2label, head_free.label2id, head_free.problem_type = defaults.id2label, defaults.label2id, None
+    trained_config, base.config = base.config, head_free
+    try:
+        base.save_pretrained(folder)
+    finally:
+        base.config = trained_config
 
 
 def tokenized(dataset, tokenizer, task: Task, split: str, max_length: int):
@@ -115,21 +198,85 @@ def complete_checkpoint(checkpoint_dir: str) -> str | None:
     return newest
 
 
-def check_run_folder(config: FinetuneConfig) -> dict | None:
-    """The finished results when this exact run is complete; an error when the folder holds another run."""
+def has_saved_work(out: str) -> bool:
+    """The folder holds something of a run to keep: its results, or a complete Trainer checkpoint."""
+    checkpoints = os.path.join(out, "checkpoints")
+    return os.path.isfile(os.path.join(out, RESULTS_FILE)) or (os.path.isdir(checkpoints) and any(
+        os.path.isfile(os.path.join(checkpoints, name, TRAINER_STATE)) for name in os.listdir(checkpoints)))
+
+
+def check_run_folder(config: FinetuneConfig, inputs: dict[str, str]) -> dict | None:
+    """The finished results when this exact run (settings and inputs' fingerprints) is complete; an error when
+    the folder holds another run with work saved. A start that saved nothing binds nothing: it is started over."""
     saved_config = os.path.join(config.out, RUN_CONFIG_FILE)
-    if os.path.isfile(saved_config):
-        with open(saved_config, encoding="utf-8") as handle:
-            previous = json.load(handle)
-        if previous != config.to_dict():
-            changed = sorted(key for key in config.to_dict() if previous.get(key) != config.to_dict()[key])
-            raise FinetuneConfigError(f"--out {config.out}: holds a run with other settings ({', '.join(changed)}); "
-                                      "use another --out, or remove it to start over")
-        results = os.path.join(config.out, RESULTS_FILE)
-        if os.path.isfile(results):
-            with open(results, encoding="utf-8") as handle:
-                return json.load(handle)
+    if not os.path.isfile(saved_config):
+        return None
+    if not has_saved_work(config.out):
+        log(f"{config.out}: a start that saved no checkpoint; starting over")
+        return None
+    with open(saved_config, encoding="utf-8") as handle:
+        previous = json.load(handle)
+    settings = config.run_settings()
+    changed = sorted(key for key in settings if previous.get(key) != settings[key])
+    if changed:
+        raise FinetuneConfigError(f"--out {config.out}: holds a run with other settings ({', '.join(changed)}); "
+                                  "use another --out, or --overwrite-output to start over")
+    changed = sorted(key for key, value in inputs.items() if previous.get("inputs", inputs).get(key) != value)
+    if changed:
+        raise FinetuneConfigError(f"--out {config.out}: holds a run on other inputs ({', '.join(changed)} changed at "
+                                  "the same paths); use another --out, or --overwrite-output to start over")
+    results = os.path.join(config.out, RESULTS_FILE)
+    if os.path.isfile(results):
+        with open(results, encoding="utf-8") as handle:
+            return json.load(handle)
     return None
+
+
+TEST_SPLITS = ("test", "test_matched", "test_mismatched", "ax")
+RUN_FILES = ("checkpoints", "model", "headless", "predictions", "tensorboard", RESULTS_FILE, RUN_CONFIG_FILE)
+
+
+def remove_run_files(out: str) -> None:
+    """This project's run files in `out` (nothing else a user keeps there; the teacher cache stays)."""
+    for name in RUN_FILES:
+        path = os.path.join(out, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
+def input_fingerprints(splits: dict, model_dir: str, teacher_dir: str) -> dict[str, str]:
+    """sha256s of what the run reads besides its settings: every split's content, the model's and the
+    teacher's files. A finished run with other inputs at the same paths is not "nothing to do"."""
+    from .distill import folder_fingerprint
+
+    content = {split: fingerprint(rows) for split, rows in splits.items()}
+    content.update({f"{split} ids": hashlib.sha256(repr(list(rows["idx"])).encode()).hexdigest()
+                    for split, rows in splits.items() if split in TEST_SPLITS})  # the server files' row ids
+    data = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    inputs = {"data": data, "model": folder_fingerprint(model_dir)}
+    if teacher_dir:
+        inputs["teacher"] = folder_fingerprint(teacher_dir)
+    return inputs
+
+
+POSITION_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert", "longformer")  # positions start at pad_token_id + 1
+
+
+def check_max_length(max_length: int, folder: str, flag: str) -> None:
+    """`--max-length` within the model's position embeddings (a longer batch would fail mid-run)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(folder)
+    positions = getattr(config, "max_position_embeddings", None)
+    if not positions:
+        return
+    if config.model_type in POSITION_OFFSET_MODELS:
+        positions -= (config.pad_token_id or 0) + 1
+    if max_length > positions:
+        raise FinetuneConfigError(f"--max-length {max_length}: {flag} {folder} has {positions} positions; use "
+                                  f"--max-length {positions} or less")
 
 
 def dev_results(task: Task, metrics: dict[str, float]) -> dict[str, float]:
@@ -159,31 +306,64 @@ def quiet_libraries() -> None:
 def run_glue(config: FinetuneConfig, callbacks: tuple = ()) -> dict:
     """Finetunes (or finds finished) one task; returns results.json's content. `callbacks`: more
     `TrainerCallback`s (a caller's own hooks)."""
+    from .distill import check_teacher
+
+    quiet_libraries()
+    task = get_task(config.task)
+    # Everything that can be wrong with the input is found here, before anything is written.
+    model_dir = resolve_model_folder(config.model, "--model")
+    teacher_dir = resolve_model_folder(config.teacher, "--teacher") if config.teacher else ""
+    splits = samples(config, task, load_task(task, config.data, with_test=config.predict, with_train=config.train))
+    tokenizer = load_tokenizer(resolve_model_folder(config.tokenizer, "--tokenizer") if config.tokenizer
+                               else model_dir, "--tokenizer" if config.tokenizer else "--model")
+    check_weights(model_dir, "--model")
+    student_label_order(model_dir, task)
+    check_max_length(config.max_length, model_dir, "--model")
+    if teacher_dir:
+        check_teacher(teacher_dir, task)
+        check_max_length(config.max_length, teacher_dir, "--teacher")
+    micro, accumulation = micro_batch_and_accumulation(config, world_size())
+    inputs = input_fingerprints(splits, model_dir, teacher_dir)
+    if config.overwrite_output:
+        if is_main_process():
+            remove_run_files(config.out)
+    else:
+        finished = check_run_folder(config, inputs)
+        if finished:
+            log(f"{config.out}: this run is complete ({RESULTS_FILE}); nothing to do")
+            return finished
+    log(f"{task.name}: resolved config\n{describe(config)}")
+    found_out = os.path.isdir(config.out)
+    if is_main_process():
+        os.makedirs(config.out, exist_ok=True)
+        record = {**config.run_settings(), "inputs": inputs}
+        atomic_write_bytes(os.path.join(config.out, RUN_CONFIG_FILE), (json.dumps(record, indent=1) + "\n").encode())
+    try:
+        return _train_and_write(config, task, splits, tokenizer, model_dir, teacher_dir, inputs, micro, accumulation,
+                                callbacks)
+    except BaseException:
+        if is_main_process() and not has_saved_work(config.out):  # a failed start binds --out to nothing
+            for name in (RUN_CONFIG_FILE, "tensorboard", "checkpoints"):
+                path = os.path.join(config.out, name)
+                if os.path.isdir(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                elif os.path.exists(path):
+                    os.remove(path)
+            if not found_out and not os.listdir(config.out):
+                os.rmdir(config.out)
+        raise
+
+
+def _train_and_write(config: FinetuneConfig, task: Task, splits: dict, tokenizer, model_dir: str, teacher_dir: str,
+                     inputs: dict, micro: int, accumulation: int, callbacks: tuple) -> dict:
+    """The run proper, once every input is checked and the run's record is written."""
     import torch
     from transformers import PrinterCallback, TrainingArguments
     from transformers.integrations import TensorBoardCallback
 
-    from .distill import DistillationTrainer, TeacherCollator, check_teacher, teacher_outputs
+    from .distill import DistillationTrainer, TeacherCollator, teacher_outputs
     from .predictions import write_predictions
     from .progress import ConsoleProgress, SavedOnEveryRank
-
-    quiet_libraries()
-    task = get_task(config.task)
-    finished = check_run_folder(config)
-    if finished:
-        log(f"{config.out}: this run is complete ({RESULTS_FILE}); nothing to do")
-        return finished
-    # Everything that can be wrong with the input is found here, before any compute.
-    splits = load_task(task, config.data, with_test=config.predict)
-    tokenizer = load_tokenizer(config.model)
-    check_weights(config.model, "--model")
-    if config.teacher:
-        check_teacher(config.teacher, task)
-    micro, accumulation = micro_batch_and_accumulation(config, world_size())
-    log(f"{task.name}: resolved config\n{describe(config)}")
-    if is_main_process():
-        os.makedirs(config.out, exist_ok=True)
-        atomic_write_bytes(os.path.join(config.out, RUN_CONFIG_FILE), (describe(config) + "\n").encode())
 
     checkpoint_dir = os.path.join(config.out, "checkpoints")
     by_steps = config.eval_every_steps > 0
@@ -207,10 +387,10 @@ def run_glue(config: FinetuneConfig, callbacks: tuple = ()) -> dict:
         **precision_flags(config.precision),
     )
 
-    train = tokenized(splits["train"], tokenizer, task, "train", config.max_length)
+    train = tokenized(splits["train"], tokenizer, task, "train", config.max_length) if config.train else None
     if config.teacher:
         with args.main_process_first(local=False, desc="teacher outputs"):  # rank 0 computes, the others read
-            logits = teacher_outputs(config.teacher, task, splits["train"], fingerprint(splits["train"]),
+            logits = teacher_outputs(teacher_dir, task, splits["train"], fingerprint(splits["train"]),
                                      config.max_length, config.teacher_cache or os.path.join(config.out,
                                                                                              "teacher_cache"),
                                      args.device)
@@ -229,23 +409,27 @@ def run_glue(config: FinetuneConfig, callbacks: tuple = ()) -> dict:
         from torch.utils.tensorboard import SummaryWriter
 
         callbacks.append(TensorBoardCallback(SummaryWriter(os.path.join(config.out, "tensorboard"))))
+    student = load_student(model_dir, task, config.seed, finetuned=not config.train)
     trainer = DistillationTrainer(
-        model=load_student(config.model, task, config.seed), args=args, train_dataset=train, eval_dataset=dev_sets,
+        model=student, args=args, train_dataset=train, eval_dataset=dev_sets,
         processing_class=tokenizer, data_collator=TeacherCollator(tokenizer), compute_metrics=compute_metrics,
         callbacks=callbacks, alpha=config.alpha, temperature=config.temperature, regression=task.is_regression)
     trainer.remove_callback(PrinterCallback)  # ConsoleProgress prints the same figures on one line, with an ETA
-    resume = complete_checkpoint(checkpoint_dir)
-    if resume:
-        log(f"resuming from {resume}")
-    try:
-        train_output = trainer.train(resume_from_checkpoint=resume)
-    except pickle.UnpicklingError as error:  # the Trainer reads its checkpoint's states with weights_only=True
-        if resume and is_refused_pickle(error):
-            raise refused_checkpoint(resume, error) from None
-        raise
+    train_seconds = 0.0
+    if config.train:
+        resume = complete_checkpoint(checkpoint_dir)
+        if resume:
+            log(f"resuming from {resume}")
+        try:
+            train_seconds = trainer.train(resume_from_checkpoint=resume).metrics["train_runtime"]
+        except pickle.UnpicklingError as error:  # the Trainer reads its checkpoint's states with weights_only=True
+            if resume and is_refused_pickle(error):
+                raise refused_checkpoint(resume, error) from None
+            raise
 
-    metrics = {}  # the best model (load_best_model_at_end) on every dev set
-    for name, data in (dev_sets.items() if isinstance(dev_sets, dict) else [(None, dev_sets)]):
+    metrics = {}  # the best model (load_best_model_at_end), or --model as given, on every dev set
+    for name, data in (dev_sets.items() if isinstance(dev_sets, dict) else [(None, dev_sets)]) if config.evaluate \
+            else ():
         metrics.update(trainer.evaluate(data, metric_key_prefix=f"eval_{name}" if name else "eval"))
     test_outputs = {}
     for split in task.test_splits:
@@ -253,26 +437,29 @@ def run_glue(config: FinetuneConfig, callbacks: tuple = ()) -> dict:
             data = tokenized(splits[split].remove_columns("label"), tokenizer, task, split, config.max_length)
             test_outputs[split] = (splits[split]["idx"], trainer.predict(data).predictions)
     results = {
-        "task": task.name, "distilled": bool(config.teacher), "dev": dev_results(task, metrics),
+        "task": task.name, "distilled": bool(config.teacher), "dev": dev_results(task, metrics) if metrics else {},
         "best_checkpoint_step": int(trainer.state.best_global_step or trainer.state.global_step),
-        "steps": int(trainer.state.global_step), "train_seconds": round(train_output.metrics["train_runtime"], 1),
+        "steps": int(trainer.state.global_step), "train_seconds": round(train_seconds, 1),
         "dev_sizes": {split: len(splits[split]) for split in task.dev_splits}, "config": config.to_dict(),
+        "inputs": inputs,
     }
     if is_main_process():
         model = trainer.model
-        with atomic_folder(os.path.join(config.out, "model")) as tmp_dir:
-            model.save_pretrained(tmp_dir)
-            tokenizer.save_pretrained(tmp_dir)
+        if config.train:  # --no-train: the model is --model, unchanged
+            with atomic_folder(os.path.join(config.out, "model")) as tmp_dir:
+                model.save_pretrained(tmp_dir)
+                tokenizer.save_pretrained(tmp_dir)
         if config.headless:
             with atomic_folder(os.path.join(config.out, "headless")) as tmp_dir:
-                model.base_model.save_pretrained(tmp_dir)  # encoder + pooler, no classifier
+                save_headless(model, tmp_dir)
                 tokenizer.save_pretrained(tmp_dir)
         if test_outputs:
             results["predictions"] = write_predictions(task, test_outputs, os.path.join(config.out, "predictions"))
         atomic_write_bytes(os.path.join(config.out, RESULTS_FILE), (json.dumps(results, indent=1) + "\n").encode())
         shutil.rmtree(checkpoint_dir, ignore_errors=True)  # complete: model/ holds the best; optimizer states go
         shown = " ".join(f"{key} {value:.4f}" for key, value in results["dev"].items())
-        log(f"{task.name}: dev {shown}; best model in {os.path.join(config.out, 'model')}")
+        log(f"{task.name}: dev {shown or '(not evaluated)'}; " + (f"best model in {os.path.join(config.out, 'model')}"
+                                                                   if config.train else f"model {model_dir}"))
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
     return results

@@ -349,3 +349,33 @@ def test_a_pickle_in_a_trainer_checkpoint_stops_the_resume_in_one_line(student, 
     assert code == 2 and f"finetune: error: {checkpoint}: refused: a file of this checkpoint holds more than " \
         "tensors, and unpickling it would run io.open; remove" in err, err
     assert not marker.exists()
+
+
+def test_ctrl_c_is_one_line_and_exit_130_and_the_same_command_resumes(tmp_path):
+    """SIGINT (what Ctrl-C sends) once the first checkpoint is written: no traceback, exit 130, and a line
+    saying how to go on; the same command then resumes from that checkpoint."""
+    import signal
+    import time
+
+    from tests.unit.test_finetune_labels import tiny_classifier
+
+    tiny_classifier(tmp_path / "model", ["LABEL_0", "LABEL_1"])
+    command = [sys.executable, "-m", "finetune", "glue", "--task", "rte", "--model", str(tmp_path / "model"),
+               "--data", GLUE, "--out", str(tmp_path / "out"), "--batch-size", "4", "--max-steps", "12",
+               "--eval-every-steps", "2", "--max-length", "32", "--no-predict", "--no-evaluate"]
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    first = tmp_path / "out" / "checkpoints" / "checkpoint-2" / "trainer_state.json"
+    deadline = time.monotonic() + 120
+    while not first.exists():
+        assert process.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        "finetune: interrupted; run the same command again to resume from the last complete checkpoint")
+    resumed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0 and "resuming from" in resumed.stderr, resumed.stderr[-3000:]
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["steps"] == 12

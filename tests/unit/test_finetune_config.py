@@ -38,3 +38,30 @@ def test_a_non_finite_number_in_the_toml_names_the_file_and_key(tmp_path, capsys
     assert glue(tmp_path, "--config", str(config)) == 2
     assert f"finetune: error: --config {config}: {key} = nan: must be a finite number" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_misspelt_task_settings_table_in_a_chain_config_is_one_line(tmp_path):
+    """`[task_settings.rtee]` (or a task the chain does not run) was ignored: its settings silently unused."""
+    from finetune.__main__ import build_parser
+    from finetune.chain import load_chain_config
+    from finetune.config import FinetuneConfigError
+
+    base = 'model = "m"\nout = "o"\nmnli_teacher = "t"\n[teachers]\nrte = "teachers/rte"\n'
+    for table, problem in (("rtee", "unknown task"), ("cola", "not a task of this chain")):
+        config = tmp_path / f"{table}.toml"
+        config.write_text(base + f"[task_settings.{table}]\nepochs = 2\n")
+        with pytest.raises(FinetuneConfigError) as raised:
+            load_chain_config(build_parser().parse_args(["chain", "--config", str(config)]))
+        assert str(raised.value) == (f"--config {config}: [task_settings.{table}]: {problem}; the chain's tasks are "
+                                     "['mnli', 'rte']")
+    config.write_text(base + "[task_settings.RTE]\nepochs = 2\n")  # the GLUE spelling of a chain task: accepted
+    chain = load_chain_config(build_parser().parse_args(["chain", "--config", str(config)]))
+    assert chain.task_settings == {"rte": {"epochs": 2}}
+
+
+def test_help_says_that_task_presets_set_the_epochs_beneath_the_flag(capsys):
+    with pytest.raises(SystemExit):
+        main(["glue", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "Each task's preset sets its own (CoLA, MRPC, STS-B, RTE: 10; the others: 3;" in text
+    assert "--no-train" in text and "--max-train-samples" in text and "--overwrite-output" in text

@@ -229,3 +229,89 @@ def test_a_byte_order_mark_at_the_start_of_a_tsv_is_ignored(tmp_path, glue_dir):
     loaded = load_task(task, str(tmp_path))
     assert {split: fingerprint(data) for split, data in loaded.items()} == \
         {split: fingerprint(data) for split, data in expected.items()}
+
+
+@pytest.mark.parametrize("form", ["disk", "parquet"])
+def test_mnli_saved_with_class_encode_column_gets_the_tsv_labels_row_by_row(tmp_path, form):
+    """`class_encode_column` names MNLI's classes alphabetically (contradiction, entailment, neutral); a datasets
+    folder, or parquet files (which carry the feature), keep those ids. Mapped by name, every row's label is
+    the TSV's; before, every one was shifted."""
+    import datasets
+
+    mnli = get_task("mnli")
+    tsv = load_task(mnli, GLUE, with_test=False)
+    encoded = {}
+    for split, data in tsv.items():
+        named = data.map(lambda row: {"label": mnli.label_names[row["label"]]})
+        encoded[split] = named.class_encode_column("label")
+    assert encoded["train"].features["label"].names == ["contradiction", "entailment", "neutral"]
+    folder = tmp_path / "MNLI"
+    if form == "disk":
+        datasets.DatasetDict(encoded).save_to_disk(str(folder))
+    else:
+        folder.mkdir()
+        for split, data in encoded.items():
+            data.to_parquet(str(folder / f"{split}-00000-of-00001.parquet"))
+    loaded = load_task(mnli, str(tmp_path), with_test=False)
+    for split, data in tsv.items():
+        assert loaded[split]["label"] == data["label"], split
+        assert loaded[split]["premise"] == data["premise"], split
+
+
+def test_class_labels_that_are_not_the_tasks_are_one_error_and_unnamed_ones_are_checked_by_range(tmp_path):
+    import datasets
+
+    rte = get_task("rte")
+    rows = {"sentence1": ["a", "b"], "sentence2": ["c", "d"], "label": [0, 1]}
+    for names, problem in ((["negative", "positive"], "its labels are ['negative', 'positive'], not rte's"),
+                           (None, None), (["0", "1", "2"], "row 0 has label 2")):
+        features = datasets.Features({"sentence1": datasets.Value("string"), "sentence2": datasets.Value("string"),
+                                      "label": datasets.ClassLabel(names=names or ["0", "1"])})
+        labels = [2, 1] if names == ["0", "1", "2"] else [0, 1]
+        data = datasets.Dataset.from_dict({**rows, "label": labels}, features=features)
+        folder = tmp_path / str(names) / "rte"
+        datasets.DatasetDict({"train": data, "validation": data}).save_to_disk(str(folder))
+        if problem is None:
+            assert load_task(rte, str(folder.parent), with_test=False)["train"]["label"] == [0, 1]
+            continue
+        with pytest.raises(DataError) as raised:
+            load_task(rte, str(folder.parent), with_test=False)
+        assert str(folder) in str(raised.value) and problem in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_a_broken_row_in_a_test_file_is_an_error_naming_the_file_and_line_not_a_skip(tmp_path, capsys):
+    """The GLUE server scores every test row: a submission without one is wrong, where a train row can go."""
+    import shutil
+
+    shutil.copytree(os.path.join(GLUE, "RTE"), tmp_path / "RTE")
+    test = tmp_path / "RTE" / "test.tsv"
+    lines = test.read_text().splitlines(keepends=True)
+    test.write_text("".join([*lines[:3], "99\tonly one sentence\n", *lines[3:]]))
+    with pytest.raises(DataError) as raised:
+        load_task(get_task("rte"), str(tmp_path))
+    assert str(raised.value) == (f"{test}:4: 2 fields where the file has 3; a test set needs every row (the GLUE "
+                                 "server scores all of them): repair this row")
+    train = tmp_path / "RTE" / "train.tsv"
+    lines = train.read_text().splitlines(keepends=True)
+    train.write_text("".join([*lines[:3], "99\tonly one sentence\n", *lines[3:]]))
+    test.write_text("".join(lines_ for lines_ in test.read_text().splitlines(keepends=True) if not
+                            lines_.startswith("99\t")))
+    capsys.readouterr()
+    assert len(load_task(get_task("rte"), str(tmp_path))["train"]) == len(lines) - 1
+    assert f"{train}: skipped 1 rows with a wrong number of fields (lines [4])" in capsys.readouterr().err
+
+
+def test_qqps_fingerprint_is_the_same_from_the_tsv_and_from_the_hubs_layout(tmp_path):
+    """QQP's TSVs number rows by their question-pair ids, the hub's files from 0: the same texts and labels
+    are the same data (a teacher's cached outputs serve both)."""
+    qqp = get_task("qqp")
+    tsv = load_task(qqp, GLUE)
+    assert tsv["train"]["idx"][0] != 0
+    folder = tmp_path / "qqp"
+    folder.mkdir()
+    for split, data in tsv.items():
+        data.remove_columns("idx").to_json(str(folder / f"{split}.jsonl"))  # rows numbered from 0 on loading
+    hub_layout = load_task(qqp, str(tmp_path))
+    assert hub_layout["train"]["idx"][0] == 0
+    assert {split: fingerprint(data) for split, data in hub_layout.items()} == \
+        {split: fingerprint(data) for split, data in tsv.items()}
