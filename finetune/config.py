@@ -80,6 +80,9 @@ class FinetuneConfig:
     """Write the GLUE server's test files (predictions/) when the data has test splits."""
     teacher_cache: str = ""
     """Folder of the cached teacher outputs; empty: <out>/teacher_cache."""
+    implementation: str = "auto"
+    """The student's classifier: auto (the project's for SqueezeBERT folders, transformers' otherwise) | project
+    (finetune.classifier: pretrain.model's encoder, transformers' keys and config) | transformers."""
 
     def validate(self) -> None:
         try:
@@ -104,6 +107,8 @@ class FinetuneConfig:
             raise FinetuneConfigError(f"--alpha {self.alpha}: must be within [0, 1]")
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise FinetuneConfigError(f"--warmup-fraction {self.warmup_fraction}: must be within [0, 1)")
+        if self.implementation not in ("auto", "project", "transformers"):
+            raise FinetuneConfigError(f"--implementation {self.implementation}: one of auto, project, transformers")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise FinetuneConfigError(f"--precision {self.precision}: one of auto, bf16, fp16, fp32")
 

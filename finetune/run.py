@@ -76,18 +76,21 @@ def precision_flags(precision: str) -> dict:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
-def load_student(folder: str, task: Task, seed: int):
-    """The model with a fresh classifier head of the task's size (a head of another size is replaced)."""
+def load_student(folder: str, task: Task, seed: int, implementation: str = "auto"):
+    """The model with a fresh classifier head of the task's size (a head of another size is replaced), of the
+    class `implementation` picks (`model_folder.classifier_class`)."""
     from transformers import set_seed
 
     set_seed(seed)  # the new classifier's initialization
     labels = dict(enumerate(task.label_names)) if not task.is_regression else {0: "score"}
     model, info = load_classifier(
-        folder, "--model", num_labels=task.num_labels, id2label=labels, label2id={v: k for k, v in labels.items()},
+        folder, "--model", implementation, num_labels=task.num_labels, id2label=labels,
+        label2id={v: k for k, v in labels.items()},
         problem_type="regression" if task.is_regression else "single_label_classification",
         ignore_mismatched_sizes=True, output_loading_info=True)
     new = sorted(set(info["missing_keys"]) | {key for key, *_ in info.get("mismatched_keys", [])})
-    log(f"{folder}: {len(new)} new weights ({', '.join(new[:6])}{'...' if len(new) > 6 else ''})")
+    log(f"{folder}: {type(model).__name__}, {len(new)} new weights "
+        f"({', '.join(new[:6])}{'...' if len(new) > 6 else ''})")
     return model
 
 
@@ -230,7 +233,8 @@ def run_glue(config: FinetuneConfig, callbacks: tuple = ()) -> dict:
 
         callbacks.append(TensorBoardCallback(SummaryWriter(os.path.join(config.out, "tensorboard"))))
     trainer = DistillationTrainer(
-        model=load_student(config.model, task, config.seed), args=args, train_dataset=train, eval_dataset=dev_sets,
+        model=load_student(config.model, task, config.seed, config.implementation), args=args, train_dataset=train,
+        eval_dataset=dev_sets,
         processing_class=tokenizer, data_collator=TeacherCollator(tokenizer), compute_metrics=compute_metrics,
         callbacks=callbacks, alpha=config.alpha, temperature=config.temperature, regression=task.is_regression)
     trainer.remove_callback(PrinterCallback)  # ConsoleProgress prints the same figures on one line, with an ETA
