@@ -63,7 +63,7 @@ def micro_batch_and_accumulation(config: FinetuneConfig, ranks: int) -> tuple[in
 def precision_flags(precision: str) -> dict:
     """`auto`: bf16 where the GPU has it in hardware (Ampere and later), fp16 on older GPUs (V100, T4: they only
     emulate bf16, far slower than fp16), fp32 on CPUs. The Trainer keeps fp32 master weights. (The same rule
-    as pretraining's `pretrain.precision`, restated: finetune imports nothing of pretrain.)"""
+    as pretraining's `pretrain.precision`, restated: finetune imports only the model of pretrain.)"""
     import torch
 
     gpu = torch.cuda.is_available()
