@@ -250,7 +250,9 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
         return x
     if x.device.type != "cpu":  # accelerators have a fused dropout kernel
         return F.dropout(x, p, True)
-    return x.mul(dropout_keep_mask(x, p)).mul_(1.0 / (1.0 - p))
+    # `where` reads the boolean mask as it is (a product would first convert it to x's dtype: one more pass and
+    # allocation) and its backward keeps the 1-byte mask, not a converted copy. The same values (dropped: +0).
+    return torch.where(dropout_keep_mask(x, p), x, 0.0).mul_(1.0 / (1.0 - p))
 
 
 class Dropout(nn.Module):
