@@ -173,3 +173,13 @@ def test_configs_the_project_encoder_does_not_implement_go_to_transformers(tmp_p
     with pytest.raises(ModelFolderError, match="hidden_act"):
         load_classifier(folder, implementation="project")
     assert os.path.isfile(os.path.join(folder, "model.safetensors"))
+
+
+def test_implementation_is_a_checked_setting():
+    from finetune.config import FinetuneConfigError, build_config
+
+    settings = {"task": "rte", "model": "m", "out": "o"}
+    assert build_config(("", settings)).implementation == "auto"
+    assert build_config(("", {**settings, "implementation": "transformers"})).implementation == "transformers"
+    with pytest.raises(FinetuneConfigError, match="--implementation fast: one of auto, project, transformers"):
+        build_config(("", {**settings, "implementation": "fast"}))
