@@ -10,13 +10,12 @@ Three sequence classifiers with 3 labels (MNLI-like), all run by default (`--mod
   SqueezeBERT folder);
 - "BERT": transformers' `BertForSequenceClassification` (`BertConfig()` defaults, i.e. BERT-base, randomly
   initialized, or `--bert DIR`);
-- "SqueezeBERT (ours)": this project's encoder (`pretrain.model.SqueezeBertModel`: grouped pointwise layers as
-  batched GEMMs, channels last) with the same head as transformers' (dropout + linear on the pooled output,
-  cross-entropy): what finetuning on the project's encoder runs (`OursForSequenceClassification`). It holds
-  exactly transformers' SqueezeBERT's weights, classifier included: the encoder goes through the project's own
-  conversion (`pretrain.model_files.load_any` of `--model DIR`, or of transformers' random model saved to a
-  temporary folder). At startup, in eval mode, both give the same pooled output on one batch (checked, max
-  abs difference printed; more than 1e-4 is an error).
+- "SqueezeBERT (ours)": what `finetune` runs for SqueezeBERT folders (`--implementation auto`):
+  `finetune.classifier.SqueezeBertClassifier`, transformers' head (pooler, dropout, linear, the same losses) on the
+  project's encoder (`pretrain.model`: grouped pointwise layers as batched GEMMs, channels last, q/k/v in one
+  GEMM). It holds exactly transformers' SqueezeBERT's weights, classifier included: transformers' model saved to a
+  temporary folder and read back with `SqueezeBertClassifier.from_pretrained`. At startup, in eval mode, both give
+  the same pooled output on one batch (checked, max abs difference printed; more than 1e-4 is an error).
 Random weights run exactly as fast as trained ones: the throughput depends on the shapes only.
 
 Inputs: sentence pairs (consecutive sentences of a paragraph, premise/hypothesis-like) of the Wikipedia sample
@@ -45,21 +44,20 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from data_prep.sentences import split_sentences  # noqa: E402
 from data_prep.tokenizer import import_vocab, train_vocab  # noqa: E402
+from finetune.classifier import SqueezeBertClassifier  # noqa: E402
 from formats.errors import OneLineArgumentParser, UserError, one_line  # noqa: E402
 from formats.files import atomic_write_bytes  # noqa: E402
-from pretrain.model import Dropout, ModelConfig, SqueezeBertModel, step_flops  # noqa: E402
-from pretrain.model_files import load_any, transformers_config  # noqa: E402
+from pretrain.model import ModelConfig, step_flops  # noqa: E402
+from pretrain.model_files import transformers_config  # noqa: E402
 
 CORPUS = os.path.join(ROOT, "tests", "assets", "enwiki_sample")
 NUM_LABELS = 3  # MNLI: entailment, neutral, contradiction
@@ -175,56 +173,26 @@ def build_bert(bert_dir: str | None):
     return BertForSequenceClassification(BertConfig(num_labels=NUM_LABELS))
 
 
-class ClassifierOutput(NamedTuple):
-    loss: torch.Tensor | None
-    logits: torch.Tensor
-
-
-class OursForSequenceClassification(nn.Module):
-    """The project's `SqueezeBertModel` (embeddings, encoder, pooler) + dropout + linear classifier on the pooled
-    [CLS] output + cross-entropy: transformers' `SqueezeBertForSequenceClassification` head, on our encoder. The
-    dropout is the project's (`pretrain.model.Dropout`: the encoder's fast CPU mask sampler; same arithmetic as
-    `nn.Dropout`). Parameter names are transformers' (`transformer.`, `classifier.`)."""
-
-    def __init__(self, encoder: SqueezeBertModel, num_labels: int) -> None:
-        super().__init__()
-        self.config = encoder.config
-        self.transformer = encoder
-        self.dropout = Dropout(encoder.config.hidden_dropout_prob)
-        self.classifier = nn.Linear(encoder.config.hidden_size, num_labels)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> ClassifierOutput:
-        _hidden, pooled = self.transformer(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-        logits = self.classifier(self.dropout(pooled))
-        loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1)) if labels is not None else None
-        return ClassifierOutput(loss, logits)
-
-
-def build_ours(reference, model_dir: str | None) -> OursForSequenceClassification:
-    """Ours with `reference`'s weights (transformers' SqueezeBERT classifier): the encoder and pooler loaded by the
-    project's conversion (`load_any`) from `model_dir`, or from `reference` saved to a temporary folder when
-    `model_dir` is None (random weights); the classifier layer copied from `reference` (a folder has none: it is
-    fresh in `reference` too)."""
-    if model_dir:
-        pretraining_model, _vocab = load_any(model_dir)
-    else:
-        with tempfile.TemporaryDirectory(prefix="bench_finetune_") as folder:
-            reference.save_pretrained(folder)
-            pretraining_model, _vocab = load_any(folder)
-    ours = OursForSequenceClassification(pretraining_model.transformer, NUM_LABELS)
-    ours.classifier.load_state_dict(reference.classifier.state_dict())
+def build_ours(reference) -> SqueezeBertClassifier:
+    """What `finetune` runs for SqueezeBERT folders, with `reference`'s weights (transformers' SqueezeBERT
+    classifier, classifier layer included): `reference` saved to a temporary folder and read back by
+    `SqueezeBertClassifier.from_pretrained`, the path `finetune` loads a folder by."""
+    with tempfile.TemporaryDirectory(prefix="bench_finetune_") as folder:
+        reference.save_pretrained(folder)
+        ours, info = SqueezeBertClassifier.from_pretrained(folder, output_loading_info=True)
+    left = sorted(info["missing_keys"]) + sorted(info["unexpected_keys"])
+    if left:
+        raise BenchError(f"SqueezeBertClassifier does not read transformers' keys {left[:5]}")
     return ours
 
 
-def check_parity(ours: OursForSequenceClassification, reference, batch: Batch) -> dict:
+def check_parity(ours: SqueezeBertClassifier, reference, batch: Batch) -> dict:
     """Max abs difference of the pooled outputs (and of the logits) of ours and transformers' SqueezeBERT, eval
     mode, fp32, on `batch`; a BenchError above PARITY_TOLERANCE (the two would not be the same model)."""
     ours.eval()
     reference.eval()
     with torch.inference_mode():
-        pooled_ours = ours.transformer(batch.input_ids, attention_mask=batch.attention_mask,
-                                       token_type_ids=batch.token_type_ids)[1]
+        pooled_ours = ours.transformer(**batch.inputs()).pooler_output
         pooled_reference = reference.transformer(**batch.inputs()).pooler_output
         logits_ours = ours(**batch.inputs()).logits
         logits_reference = reference(**batch.inputs()).logits
@@ -394,7 +362,7 @@ def run(args) -> dict:
     if BERT in selected:
         built[BERT] = build_bert(args.bert)
     if OURS in selected:
-        built[OURS] = build_ours(built[SQUEEZEBERT], args.model)
+        built[OURS] = build_ours(built[SQUEEZEBERT])
     models = {name: built[name] for name in selected}
     paragraphs = corpus_paragraphs(CORPUS)
     pairs = sentence_pairs(paragraphs)
@@ -522,6 +490,10 @@ def main(argv=None) -> None:
               + (f", batch-1 latency {ratios['latency']:.2f}x" if "latency" in ratios else ""))
         print("  the same per process CPU second (steadier on a busy machine with --threads 1): "
               + ", ".join(f"{measure} {ratio:.2f}x" for measure, ratio in cpu.items()))
+    flops = (results.get("ratios_ours_bert") or results.get("ratios") or {}).get("forward_flops")
+    if flops:
+        print(f"the limit, BERT-base's matmul FLOPs over SqueezeBERT's per sample: {1 / flops:.2f}x (a speed-up "
+              "beyond it would need kernels faster per FLOP than BERT's dense GEMMs)")
     if args.json:
         atomic_write_bytes(args.json, (json.dumps(results, indent=2) + "\n").encode("utf-8"))
 

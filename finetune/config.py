@@ -100,6 +100,9 @@ class FinetuneConfig:
     overwrite_output: bool = False
     """Start over: remove this run's files from --out first (checkpoints, model/, results.json...; the teacher
     cache stays, checked by its key); without it a finished run is not redone and a run in progress resumes."""
+    implementation: str = "auto"
+    """The student's classifier: auto (the project's for SqueezeBERT folders, transformers' otherwise) | project
+    (finetune.classifier: pretrain.model's encoder, transformers' keys and config) | transformers."""
 
     def validate(self) -> None:
         try:
@@ -131,6 +134,8 @@ class FinetuneConfig:
             for flag, value in (("--teacher", self.teacher), ("--headless", self.headless)):
                 if value:
                     raise FinetuneConfigError(f"{flag}: only for training; drop it with --no-train")
+        if self.implementation not in ("auto", "project", "transformers"):
+            raise FinetuneConfigError(f"--implementation {self.implementation}: one of auto, project, transformers")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise FinetuneConfigError(f"--precision {self.precision}: one of auto, bf16, fp16, fp32")
 

@@ -5,7 +5,8 @@ A `pytorch_model.bin` is a pickle, and unpickling one can run any code its write
 therefore read from safetensors whenever the folder has them (transformers' own preference, stated here
 rather than left to its defaults), and a folder with only `pytorch_model*.bin` is read with
 `weights_only=True`: tensors load, anything else is refused in one line. `check_weights` does this before
-any compute; `load_classifier` loads the same way and turns any failure into one line naming the flag.
+any compute; `load_classifier` loads the same way (transformers' class, or the project's SqueezeBERT classifier:
+`--implementation`) and turns any failure into one line naming the flag.
 """
 
 from __future__ import annotations
@@ -76,13 +77,37 @@ def check_weights(folder: str, flag: str = "--model") -> None:
                                    f"({one_line(error, 160)})") from None
 
 
-def load_classifier(folder: str, flag: str = "--model", **kwargs):
-    """`AutoModelForSequenceClassification.from_pretrained(folder, **kwargs)` from safetensors when the folder
-    has them, else with `weights_only=True`; a failure is one line naming `flag`."""
-    from transformers import AutoModelForSequenceClassification
+IMPLEMENTATIONS = ("auto", "project", "transformers")  # --implementation's choices (FinetuneConfig.implementation)
+
+
+def classifier_class(folder: str, flag: str, implementation: str):
+    """The class that loads `folder`: the project's `SqueezeBertClassifier` (`finetune.classifier`) for
+    `project`, and for `auto` when the folder is a SqueezeBERT it can run; else transformers' Auto class."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    if implementation == "transformers":
+        return AutoModelForSequenceClassification
+    from .classifier import SqueezeBertClassifier, supports
 
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
+        config = AutoConfig.from_pretrained(folder)
+    except Exception as error:  # a missing or damaged config.json: one line
+        raise ModelFolderError(f"{flag} {folder}: unreadable config ({one_line(error, 200)})") from None
+    why_not = supports(config)
+    if why_not is None:
+        return SqueezeBertClassifier
+    if implementation == "project":
+        raise ModelFolderError(f"{flag} {folder}: the project's SqueezeBERT classifier cannot run it ({why_not}); "
+                               "use --implementation transformers (or auto)")
+    return AutoModelForSequenceClassification
+
+
+def load_classifier(folder: str, flag: str = "--model", implementation: str = "transformers", **kwargs):
+    """`from_pretrained(folder, **kwargs)` of `classifier_class` (transformers' Auto class by default), from
+    safetensors when the folder has them, else with `weights_only=True`; a failure is one line naming `flag`."""
+    model_class = classifier_class(folder, flag, implementation)
+    try:
+        return model_class.from_pretrained(
             folder, use_safetensors=has_safetensors(folder) or None, weights_only=True, **kwargs)
     except Exception as error:  # a refused pickle, a damaged file, a config transformers does not know: one line
         if is_refused_pickle(error):

@@ -78,7 +78,7 @@ def micro_batch_and_accumulation(config: FinetuneConfig, ranks: int) -> tuple[in
 def precision_flags(precision: str) -> dict:
     """`auto`: bf16 where the GPU has it in hardware (Ampere and later), fp16 on older GPUs (V100, T4: they only
     emulate bf16, far slower than fp16), fp32 on CPUs. The Trainer keeps fp32 master weights. (The same rule
-    as pretraining's `pretrain.precision`, restated: finetune imports nothing of pretrain.)"""
+    as pretraining's `pretrain.precision`, restated: finetune imports only the model of pretrain.)"""
     import torch
 
     gpu = torch.cuda.is_available()
@@ -120,10 +120,11 @@ def classifier_rows(model, num_labels: int):
     return found[-1] if found else (None, None)
 
 
-def load_student(folder: str, task: Task, seed: int, finetuned: bool = False):
-    """The model with the task's classifier: its own when it has one of the task's size (rows reordered to
-    the task's label order by name, as run_glue's `label_to_id`), else a fresh one (a head of another size is
-    replaced; with `finetuned`, an error). Either way its config carries the task's `id2label`."""
+def load_student(folder: str, task: Task, seed: int, finetuned: bool = False, implementation: str = "auto"):
+    """The model with the task's classifier, of the class `implementation` picks (`model_folder.classifier_class`):
+    its own classifier when it has one of the task's size (rows reordered to the task's label order by name, as
+    run_glue's `label_to_id`), else a fresh one (a head of another size is replaced; with `finetuned`, an
+    error). Either way its config carries the task's `id2label`."""
     import torch
     from transformers import set_seed
 
@@ -131,11 +132,13 @@ def load_student(folder: str, task: Task, seed: int, finetuned: bool = False):
     set_seed(seed)  # the new classifier's initialization
     labels = dict(enumerate(task.label_names)) if not task.is_regression else {0: "score"}
     model, info = load_classifier(
-        folder, "--model", num_labels=task.num_labels, id2label=labels, label2id={v: k for k, v in labels.items()},
+        folder, "--model", implementation, num_labels=task.num_labels, id2label=labels,
+        label2id={v: k for k, v in labels.items()},
         problem_type="regression" if task.is_regression else "single_label_classification",
         ignore_mismatched_sizes=True, output_loading_info=True)
     new = sorted(set(info["missing_keys"]) | {key for key, *_ in info.get("mismatched_keys", [])})
-    log(f"{folder}: {len(new)} new weights ({', '.join(new[:6])}{'...' if len(new) > 6 else ''})")
+    log(f"{folder}: {type(model).__name__}, {len(new)} new weights "
+        f"({', '.join(new[:6])}{'...' if len(new) > 6 else ''})")
     name, classifier = classifier_rows(model, task.num_labels)
     if finetuned and (classifier is None or any(key.startswith(f"{name}.") for key in new)):
         raise ModelFolderError(f"--model {folder}: no classifier for {task.name} to evaluate (its classifier weights "
@@ -409,7 +412,8 @@ def _train_and_write(config: FinetuneConfig, task: Task, splits: dict, tokenizer
         from torch.utils.tensorboard import SummaryWriter
 
         callbacks.append(TensorBoardCallback(SummaryWriter(os.path.join(config.out, "tensorboard"))))
-    student = load_student(model_dir, task, config.seed, finetuned=not config.train)
+    student = load_student(model_dir, task, config.seed, finetuned=not config.train,
+                           implementation=config.implementation)
     trainer = DistillationTrainer(
         model=student, args=args, train_dataset=train, eval_dataset=dev_sets,
         processing_class=tokenizer, data_collator=TeacherCollator(tokenizer), compute_metrics=compute_metrics,
