@@ -88,7 +88,7 @@ def test_restart_on_another_number_of_ranks(before, after, single, shard_root, t
     assert first.returncode == 75, first.stderr[-2000:]
     second = launch(after)
     assert second.returncode == 0, second.stderr[-2000:]
-    assert f"changed: world size {before} -> {after}" in second.stderr
+    assert f"; changed: max_steps_this_run 5 -> 0, world size {before} -> {after} " in second.stderr
     assert_close_to(single, tmp_path)
     expected, got = scalars(single, "train/loss"), scalars(str(tmp_path), "train/loss")
     assert all(abs(got[step][-1] - expected[step][0]) < 1e-4 for step in range(1, 13))
