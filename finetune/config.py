@@ -22,6 +22,8 @@ from formats.errors import UserError
 
 from .tasks import TaskError, get_task
 
+IMPLEMENTATIONS = ("auto", "project", "transformers")  # --implementation's choices
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -134,7 +136,7 @@ class FinetuneConfig:
             for flag, value in (("--teacher", self.teacher), ("--headless", self.headless)):
                 if value:
                     raise FinetuneConfigError(f"{flag}: only for training; drop it with --no-train")
-        if self.implementation not in ("auto", "project", "transformers"):
+        if self.implementation not in IMPLEMENTATIONS:
             raise FinetuneConfigError(f"--implementation {self.implementation}: one of auto, project, transformers")
         if self.precision not in ("auto", "bf16", "fp16", "fp32"):
             raise FinetuneConfigError(f"--precision {self.precision}: one of auto, bf16, fp16, fp32")

@@ -14,10 +14,9 @@ from __future__ import annotations
 import glob
 import os
 import pickle
-import re
 import zipfile
 
-from formats.errors import UserError, one_line
+from formats.errors import UserError, one_line, refused_pickle
 
 SAFETENSORS_FILES = ("model.safetensors", "model.safetensors.index.json")
 PICKLED_WEIGHTS = "pytorch_model*.bin"  # pytorch_model.bin, or its shards pytorch_model-00001-of-00002.bin
@@ -31,20 +30,9 @@ def has_safetensors(folder: str) -> bool:
     return any(os.path.isfile(os.path.join(folder, name)) for name in SAFETENSORS_FILES)
 
 
-def is_refused_pickle(error: BaseException) -> bool:
-    """torch.load(weights_only=True) met something other than tensors (its message says so, not its type)."""
-    return isinstance(error, pickle.UnpicklingError) and "weights only load failed" in str(error).lower()
-
-
-def what_it_would_run(error: BaseException) -> str:
-    """The callable a refused pickle names (`io.open`), from torch's message, else `code`."""
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
-    return found.group(1) if found else "code"
-
-
 def _refusal(flag: str, folder: str, name: str, error: BaseException) -> ModelFolderError:
     return ModelFolderError(f"{flag} {folder}: {name} refused: it holds more than tensors, and unpickling it would "
-                            f"run {what_it_would_run(error)}; give a folder with model.safetensors (convert the file "
+                            f"run {refused_pickle(error)}; give a folder with model.safetensors (convert the file "
                             "with a tool you trust)")
 
 
@@ -52,7 +40,7 @@ def refused_checkpoint(checkpoint: str, error: BaseException) -> ModelFolderErro
     """A Trainer checkpoint (`checkpoints/checkpoint-N/`) whose optimizer, scheduler or RNG state is a pickle
     that `weights_only=True` refused."""
     return ModelFolderError(f"{checkpoint}: refused: a file of this checkpoint holds more than tensors, and "
-                            f"unpickling it would run {what_it_would_run(error)}; remove {checkpoint} to resume "
+                            f"unpickling it would run {refused_pickle(error)}; remove {checkpoint} to resume "
                             "from the one before it, or use another --out to start over")
 
 
@@ -71,13 +59,10 @@ def check_weights(folder: str, flag: str = "--model") -> None:
         try:
             torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
         except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
-            if is_refused_pickle(error):
+            if refused_pickle(error):
                 raise _refusal(flag, folder, os.path.basename(path), error) from None
             raise ModelFolderError(f"{flag} {folder}: {os.path.basename(path)} is not a readable weights file "
                                    f"({one_line(error, 160)})") from None
-
-
-IMPLEMENTATIONS = ("auto", "project", "transformers")  # --implementation's choices (FinetuneConfig.implementation)
 
 
 def classifier_class(folder: str, flag: str, implementation: str):
@@ -110,7 +95,7 @@ def load_classifier(folder: str, flag: str = "--model", implementation: str = "t
         return model_class.from_pretrained(
             folder, use_safetensors=has_safetensors(folder) or None, weights_only=True, **kwargs)
     except Exception as error:  # a refused pickle, a damaged file, a config transformers does not know: one line
-        if is_refused_pickle(error):
+        if refused_pickle(error):
             raise _refusal(flag, folder, "its pytorch_model.bin", error) from None
         raise ModelFolderError(f"{flag} {folder}: transformers cannot load it ({one_line(error, 200)})") from None
 

@@ -29,7 +29,7 @@ import sys
 
 import numpy as np
 
-from formats.errors import one_line
+from formats.errors import one_line, refused_pickle
 from formats.files import atomic_folder, atomic_write_bytes
 
 from .config import FinetuneConfig, FinetuneConfigError, describe
@@ -39,7 +39,6 @@ from .metrics import main_metric, split_metrics
 from .model_folder import (
     ModelFolderError,
     check_weights,
-    is_refused_pickle,
     load_classifier,
     load_tokenizer,
     refused_checkpoint,
@@ -427,7 +426,7 @@ def _train_and_write(config: FinetuneConfig, task: Task, splits: dict, tokenizer
         try:
             train_seconds = trainer.train(resume_from_checkpoint=resume).metrics["train_runtime"]
         except pickle.UnpicklingError as error:  # the Trainer reads its checkpoint's states with weights_only=True
-            if resume and is_refused_pickle(error):
+            if resume and refused_pickle(error):
                 raise refused_checkpoint(resume, error) from None
             raise
 

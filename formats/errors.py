@@ -4,6 +4,8 @@ the way up. Command-line flags argparse rejects end the same way (`OneLineArgume
 
 import argparse
 import functools
+import pickle
+import re
 from typing import NoReturn
 
 
@@ -17,6 +19,16 @@ class FormatError(UserError):
 
 class FileWriteError(UserError):
     """A file or folder that could not be written (a full disk, a quota, permissions)."""
+
+
+def refused_pickle(error: BaseException) -> str | None:
+    """What a pickle that `torch.load(weights_only=True)` refused would have called (`io.open`; `code` when the
+    message does not say), or None for any other error. torch says so in its message, not in its type, and
+    words it two ways ("Unsupported global: GLOBAL x", "unsupported GLOBAL x whose module ...")."""
+    if not isinstance(error, pickle.UnpicklingError) or "weights only load failed" not in str(error).lower():
+        return None
+    found = re.search(r"unsupported global(?:: global)? (\S+)", str(error), re.IGNORECASE)
+    return found.group(1) if found else "code"
 
 
 def one_line(error: BaseException, limit: int = 240) -> str:

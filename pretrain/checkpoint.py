@@ -41,7 +41,7 @@ from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchChe
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from formats.errors import UserError, one_line
+from formats.errors import UserError, one_line, refused_pickle
 from formats.files import DISK_FULL_ERRNOS, atomic_write_bytes, file_sha256, fsync_tree, replace_folder
 from formats.locks import lock_folder
 
@@ -109,14 +109,12 @@ def load_tensors(path: str, map_location=None, remedy: str = "") -> object:
     (`weights_only=True`), so unpickling it cannot run code. Anything else, or a damaged file, is one line."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        if "weights only load failed" not in str(error).lower():
-            raise CheckpointError(f"{path}: not a readable torch file ({one_line(error)[:200]}){remedy}") from None
-        found = re.search(r"unsupported global(?:: global)? (\S+)", str(error), re.IGNORECASE)
-        raise CheckpointError(
-            f"{path}: refused: it holds {found.group(1) if found else 'an object'}, not only tensors and numbers, "
-            f"and unpickling it could run code; the project never writes such a file{remedy}") from None
-    except (RuntimeError, EOFError, OSError) as error:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+        called = refused_pickle(error)
+        if called:
+            raise CheckpointError(
+                f"{path}: refused: it holds {called}, not only tensors and numbers, and unpickling it could run "
+                f"code; the project never writes such a file{remedy}") from None
         raise CheckpointError(f"{path}: not a readable torch file ({one_line(error)[:200]}){remedy}") from None
 
 

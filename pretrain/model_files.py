@@ -24,7 +24,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from formats.errors import UserError, one_line
+from formats.errors import UserError, one_line, refused_pickle
 from formats.files import atomic_folder
 from formats.layout import VOCAB_DIR
 from formats.manifest import vocabulary_recorded_beside
@@ -155,7 +155,7 @@ def _load_weights(folder: str) -> dict[str, torch.Tensor]:
         if os.path.isfile(bin_path):
             return torch.load(bin_path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        if "weights only load failed" in str(error).lower():
+        if refused_pickle(error):
             raise ExportError(f"{bin_path}: refused: it holds more than tensors, and unpickling it could run code; "
                               "convert it to model.safetensors with a tool you trust") from error
         raise ExportError(f"{bin_path}: not a readable weights file ({one_line(error)[:200]})") from error

@@ -50,22 +50,23 @@ def vocab_dir(tmp_path_factory, small_corpus):
     return str(out)
 
 
+def make_shards(out, corpus, vocab, *extra) -> str:
+    """Shard sets of `corpus` made into `out` by the real CLI (one process, small shards)."""
+    run_cli("shards", "--source", corpus, "--vocab", vocab, "--out", out, "--num-proc", "1", "--shard-text-mb", "0.2",
+            "--quiet", *extra)
+    return str(out)
+
+
 @pytest.fixture(scope="session")
 def shard_root(tmp_path_factory, small_corpus, vocab_dir):
     """Shard sets (seq128, seq512) of the small corpus, made by the real CLI."""
-    out = tmp_path_factory.mktemp("shards")
-    run_cli("shards", "--source", small_corpus, "--vocab", vocab_dir, "--out", out, "--num-proc", "1",
-            "--shard-text-mb", "0.2", "--quiet")
-    return str(out)
+    return make_shards(tmp_path_factory.mktemp("shards"), small_corpus, vocab_dir)
 
 
 @pytest.fixture(scope="session")
 def heldout_shard_root(tmp_path_factory, small_corpus, vocab_dir):
     """The small corpus with 20% of its documents held out: seq128/, seq512/ and their seqN-heldout/ twins."""
-    out = tmp_path_factory.mktemp("heldout_shards")
-    run_cli("shards", "--source", small_corpus, "--vocab", vocab_dir, "--out", out, "--num-proc", "1",
-            "--shard-text-mb", "0.2", "--holdout-fraction", "0.2", "--quiet")
-    return str(out)
+    return make_shards(tmp_path_factory.mktemp("heldout_shards"), small_corpus, vocab_dir, "--holdout-fraction", "0.2")
 
 
 @pytest.fixture(scope="session", autouse=True)

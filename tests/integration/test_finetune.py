@@ -16,6 +16,7 @@ from finetune.config import build_config
 from finetune.demo import make_document_task
 from finetune.run import run_glue
 from tests.conftest import ASSETS, ROOT, SAMPLE
+from tests.integration.test_trainer import wait_for
 
 GLUE = os.path.join(ASSETS, "glue")
 FAST = {"log_every_steps": 1000, "max_length": 48, "batch_size": 16, "warmup_fraction": 0.0}
@@ -156,18 +157,13 @@ def test_a_sigkilled_process_resumes_when_rerun(student, tmp_path):
     """The real thing: `python -m finetune glue` killed with SIGKILL once its first checkpoint is written, then
     the same command: it resumes from that checkpoint and completes; nothing final was there before."""
     import signal
-    import time
 
     command = [sys.executable, "-m", "finetune", "glue", "--task", "rte", "--model", student, "--data", GLUE,
                "--out", str(tmp_path / "run"), "--batch-size", "8", "--max-steps", "40", "--eval-every-steps", "2",
                "--max-length", "48", "--learning-rate", "1e-3"]
     env = {**os.environ, "PYTHONPATH": ROOT}
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    first = tmp_path / "run" / "checkpoints" / "checkpoint-2" / "trainer_state.json"
-    deadline = time.monotonic() + 120
-    while not first.exists():
-        assert process.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
-        time.sleep(0.05)
+    wait_for(tmp_path / "run" / "checkpoints" / "checkpoint-2" / "trainer_state.json", process)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (tmp_path / "run" / "results.json").exists() and not (tmp_path / "run" / "model").exists()
@@ -355,7 +351,6 @@ def test_ctrl_c_is_one_line_and_exit_130_and_the_same_command_resumes(tmp_path):
     """SIGINT (what Ctrl-C sends) once the first checkpoint is written: no traceback, exit 130, and a line
     saying how to go on; the same command then resumes from that checkpoint."""
     import signal
-    import time
 
     from tests.unit.test_finetune_labels import tiny_classifier
 
@@ -366,11 +361,7 @@ def test_ctrl_c_is_one_line_and_exit_130_and_the_same_command_resumes(tmp_path):
     env = {**os.environ, "PYTHONPATH": ROOT}
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True)
-    first = tmp_path / "out" / "checkpoints" / "checkpoint-2" / "trainer_state.json"
-    deadline = time.monotonic() + 120
-    while not first.exists():
-        assert process.poll() is None and time.monotonic() < deadline, "no checkpoint before the run ended"
-        time.sleep(0.05)
+    wait_for(tmp_path / "out" / "checkpoints" / "checkpoint-2" / "trainer_state.json", process)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err[-3000:]

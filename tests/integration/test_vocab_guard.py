@@ -13,7 +13,7 @@ import torch
 
 from formats.files import file_sha256
 from formats.vocabulary import short
-from tests.conftest import run_cli
+from tests.conftest import make_shards, run_cli
 from tests.integration.test_trainer import train_command
 from tests.integration.test_trainer_guards import run_pretrain
 
@@ -92,10 +92,7 @@ def test_training_refuses_a_swapped_vocabulary_at_start_and_on_resume(trained, s
 @pytest.fixture(scope="module")
 def remade(swapped_vocab, small_corpus, tmp_path_factory):
     """The shards remade from the same corpus with the other vocabulary (which `data_prep` copies beside them)."""
-    out = tmp_path_factory.mktemp("remade")
-    run_cli("shards", "--source", small_corpus, "--vocab", swapped_vocab, "--out", out, "--num-proc", "1",
-            "--shard-text-mb", "0.2", "--quiet")
-    return str(out)
+    return make_shards(tmp_path_factory.mktemp("remade"), small_corpus, swapped_vocab)
 
 
 def test_a_resume_on_shards_remade_with_another_vocabulary_is_refused(trained, remade, swapped_vocab, tmp_path):
