@@ -117,6 +117,9 @@ class FailureBoard:
             if post["rank"] == self.rank or post.get("done"):
                 return
             self.say(post["line"])
+            # The line stays the last: the loop's thread may still print its console line while this one ends the
+            # process, so stderr now writes nowhere.
+            sys.stderr = open(os.devnull, "w")  # noqa: SIM115 (open until the process ends)
             if self.last_words is not None:
                 words = threading.Thread(target=self.last_words, daemon=True)
                 words.start()
