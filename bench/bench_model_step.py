@@ -68,7 +68,7 @@ def build_ours(config: ModelConfig) -> SqueezeBertForPretraining:
     return SqueezeBertForPretraining(config).train()
 
 
-def grouped_pointwise_before(self: GroupedPointwise, x: torch.Tensor) -> torch.Tensor:
+def grouped_pointwise_before(self: GroupedPointwise, x: torch.Tensor, reuse: str = "") -> torch.Tensor:
     """`GroupedPointwise.forward` before issue 17: a batched GEMM into [g, T, c_out/g], then a copy."""
     weight = self.weight.squeeze(-1)  # [c_out, c_in/g]
     if self.groups == 1:

@@ -15,6 +15,8 @@ moves between the two with a prefix and nothing else: see `pretrain.model_files`
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import importlib.resources
 import json
@@ -139,17 +141,57 @@ class GroupedPointwise(nn.Module):
         self.weight = nn.Parameter(torch.empty(c_out, c_in // groups, 1))
         self.bias = nn.Parameter(torch.empty(c_out))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return grouped_pointwise(x, self.weight.squeeze(-1), self.bias, self.groups)
+    def forward(self, x: torch.Tensor, reuse: str = "") -> torch.Tensor:
+        return grouped_pointwise(x, self.weight.squeeze(-1), self.bias, self.groups, reuse)
 
 
-def grouped_pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int) -> torch.Tensor:
+# Without autograd (evaluation, inference) the large outputs that the layer itself consumes (q/k/v, the
+# intermediate, the convolutions before LayerNorm) are written into buffers kept for one forward of the model and
+# reused by every layer: a fresh tensor this large is newly mapped by glibc at each allocation, and its page
+# faults cost more than the pass that writes it (measured: the bias copy into fresh outputs was 18% of a batch-32
+# forward at length 128, most of it page faults). Per forward call (a context variable), so concurrent forwards in
+# other threads each have their own; a forward hook that keeps such an output sees it overwritten by the next layer.
+_REUSED_OUTPUTS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("squeezebert_reused_outputs",
+                                                                             default=None)
+
+
+@contextlib.contextmanager
+def reused_outputs():
+    """The scope of one model forward in which `output_buffer` reuses outputs (no effect under autograd)."""
+    token = _REUSED_OUTPUTS.set({})
+    try:
+        yield
+    finally:
+        _REUSED_OUTPUTS.reset(token)
+
+
+def output_buffer(reuse: str, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
+    """An uninitialized [rows, cols] output like `like`: the forward's buffer named `reuse` when one may be reused
+    (see `reused_outputs`), else a new tensor."""
+    buffers = _REUSED_OUTPUTS.get()
+    if not reuse or buffers is None or torch.is_grad_enabled():
+        return like.new_empty(rows, cols)
+    key = (reuse, rows, cols, like.dtype, like.device)
+    if key not in buffers:
+        buffers[key] = like.new_empty(rows, cols)
+    return buffers[key]
+
+
+def grouped_pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int,
+                      reuse: str = "") -> torch.Tensor:
     """x [..., c_in] times a grouped weight [c_out, c_in / groups] plus bias [c_out]: [..., c_out], contiguous.
 
     Group j maps input channels [j * c_in/g, (j+1) * c_in/g) to output channels [j * c_out/g, ...): a batched
     GEMM over the groups whose operands are strided views of x and of the output (`GroupedMatmul`), so no
-    activation is copied into or out of a group-major layout, forward or backward."""
+    activation is copied into or out of a group-major layout, forward or backward. `reuse` names the output's
+    buffer for `output_buffer` (without autograd only)."""
     if groups == 1:
+        if (reuse and not torch.compiler.is_compiling() and _REUSED_OUTPUTS.get() is not None
+                and not torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type)):  # autocast
+            # does not cast `out=` ops
+            flat = x.reshape(-1, x.shape[-1])
+            out = output_buffer(reuse, flat.shape[0], weight.shape[0], flat)
+            return torch.addmm(bias, flat, weight.t(), out=out).view(*x.shape[:-1], weight.shape[0])
         return F.linear(x, weight, bias)
     if torch.compiler.is_compiling():
         # Dynamo does not trace an `out=` into a strided view (a graph break); inductor picks the layouts itself
@@ -160,7 +202,7 @@ def grouped_pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
         out = torch.baddbmm(bias.view(groups, 1, c_out // groups), grouped,
                             weight.view(groups, c_out // groups, -1).transpose(1, 2))  # [g, T, c_out/g]
         return out.transpose(0, 1).reshape(*lead, c_out)
-    return GroupedMatmul.apply(x, weight, bias, groups)
+    return GroupedMatmul.apply(x, weight, bias, groups, reuse)
 
 
 class GroupedMatmul(torch.autograd.Function):
@@ -172,7 +214,8 @@ class GroupedMatmul(torch.autograd.Function):
     layout change. Autocast does not cast `out=` ops: the cast is done here, as autocast does for baddbmm."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: int,
+                reuse: str = "") -> torch.Tensor:
         ctx.dtypes = x.dtype, weight.dtype, bias.dtype
         if torch.is_autocast_enabled(x.device.type):
             dtype = torch.get_autocast_dtype(x.device.type)
@@ -180,7 +223,7 @@ class GroupedMatmul(torch.autograd.Function):
         *lead, c_in = x.shape
         c_out = weight.shape[0]
         flat = x.contiguous().view(-1, c_in)  # [T, c_in]; every input this model makes is contiguous
-        out = flat.new_empty(flat.shape[0], c_out)
+        out = output_buffer(reuse, flat.shape[0], c_out, flat)
         torch.baddbmm(bias.view(groups, 1, c_out // groups),  # the GEMM accumulates onto the bias (beta = 1)
                       by_group(flat, groups), weight.view(groups, c_out // groups, -1).transpose(1, 2),
                       out=by_group(out, groups))
@@ -207,7 +250,7 @@ class GroupedMatmul(torch.autograd.Function):
             grad_weight = grad_weight.transpose(1, 2).reshape(c_out, -1).to(weight_dtype)
         if ctx.needs_input_grad[2]:
             grad_bias = grad.sum(0).to(bias_dtype)
-        return grad_x, grad_weight, grad_bias, None
+        return grad_x, grad_weight, grad_bias, None, None
 
 
 def by_group(flat: torch.Tensor, groups: int) -> torch.Tensor:
@@ -293,7 +336,7 @@ class ConvLayerNorm(nn.Module):
         self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        out = self.dropout(self.conv1d(x))
+        out = self.dropout(self.conv1d(x, reuse="before_layernorm"))  # LayerNorm's output is new
         if torch.is_grad_enabled() or out.dtype != residual.dtype:
             return self.layernorm(out + residual)
         return self.layernorm(out.add_(residual))  # no autograd: in place (see `ConvActivation`)
@@ -309,7 +352,7 @@ class ConvActivation(nn.Module):
             return F.gelu(self.conv1d(x))
         # Without autograd (evaluation, inference) in place: a fresh [T, C] costs its page faults on CPU (glibc
         # maps allocations this large anew each time), 13% of a batch-32 forward at length 128 (the same values).
-        return torch.ops.aten.gelu_(self.conv1d(x))
+        return torch.ops.aten.gelu_(self.conv1d(x, reuse="intermediate"))
 
 
 class SelfAttention(nn.Module):
@@ -340,7 +383,7 @@ class SelfAttention(nn.Module):
             # Rows in (head, q/k/v, d) order; head h's rows lie in group h // (heads / g) of every part.
             weight = torch.stack([p.weight.view(self.heads, head_size, -1) for p in parts], dim=1).view(3 * c, -1)
             bias = torch.stack([p.bias.view(self.heads, head_size) for p in parts], dim=1).view(3 * c)
-            qkv = grouped_pointwise(x, weight, bias, self.query.groups).view(n, w, self.heads, 3, head_size)
+            qkv = grouped_pointwise(x, weight, bias, self.query.groups, "qkv").view(n, w, self.heads, 3, head_size)
             q, k, v = (t.transpose(1, 2) for t in qkv.unbind(3))  # [N, H, W, D] views
         else:  # [N, W, C] -> [N, H, W, C/H] views; channel = head * C/H + d
             q, k, v = (p(x).view(n, w, self.heads, head_size).transpose(1, 2)
@@ -438,6 +481,11 @@ class SqueezeBertModel(nn.Module):
             self.compile_layers()
         # Without gradients (evaluation, inference) there is no backward pass to recompute for.
         recompute = self.config.gradient_checkpointing and self.training and torch.is_grad_enabled()
+        with reused_outputs() if not torch.is_grad_enabled() else contextlib.nullcontext():
+            hidden = self.run_layers(hidden, mask, recompute)
+        return hidden, self.pooler(hidden)
+
+    def run_layers(self, hidden: torch.Tensor, mask: torch.Tensor | None, recompute: bool) -> torch.Tensor:
         for layer in self.encoder.layers:
             if recompute:
                 # Non-reentrant (torch's recommended form: handles autocast and a mask that needs no gradient);
@@ -449,13 +497,11 @@ class SqueezeBertModel(nn.Module):
                                     context_fn=same_attention_kernels())
             else:
                 hidden = layer(hidden, mask)
-        return hidden, self.pooler(hidden)
+        return hidden
 
 
 def same_attention_kernels():
     """`checkpoint`'s context_fn: the forward as it is, the recomputation under the SDPA kernels allowed now."""
-    import contextlib
-
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     switches = {SDPBackend.MATH: torch.backends.cuda.math_sdp_enabled(),

@@ -310,8 +310,8 @@ def test_an_mlm_only_model_has_no_sop_head_and_its_loss_is_the_mlm_loss():
 # The grouped GEMMs (issue 17) against transformers' formulation: nn.Conv1d's arithmetic on [N, C, W].
 
 
-def conv_pointwise(module: GroupedPointwise, x: torch.Tensor) -> torch.Tensor:
-    """The reference: a grouped 1x1 convolution on [N, C, W], as transformers runs it."""
+def conv_pointwise(module: GroupedPointwise, x: torch.Tensor, reuse: str = "") -> torch.Tensor:
+    """The reference: a grouped 1x1 convolution on [N, C, W], as transformers runs it (a new output always)."""
     return F.conv1d(x.transpose(1, 2), module.weight, module.bias, groups=module.groups).transpose(1, 2)
 
 
@@ -432,6 +432,38 @@ def test_grouped_pointwise_under_autocast_computes_in_bf16_and_returns_fp32_grad
     assert (x.grad.dtype, weight.grad.dtype, bias.grad.dtype) == (torch.float32,) * 3
     expected = F.conv1d(x.detach().transpose(1, 2), weight.detach()[..., None], bias.detach(), groups=4)
     assert torch.allclose(out.float(), expected.transpose(1, 2), rtol=0.02, atol=0.1)
+
+
+def intermediate_outputs(model: SqueezeBertForPretraining, grad: bool, batch) -> tuple[list[int], torch.Tensor]:
+    """The data pointers of every layer's intermediate output, and the hidden states, of one forward."""
+    pointers, hooks = [], [layer.intermediate.register_forward_hook(lambda _m, _i, out: pointers.append(out.data_ptr()))
+                           for layer in model.transformer.encoder.layers]
+    try:
+        with torch.set_grad_enabled(grad):
+            hidden, _ = model.transformer(*batch[:3])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return pointers, hidden.detach()
+
+
+def test_a_forward_without_autograd_reuses_the_layers_large_outputs_and_gives_the_same_values(monkeypatch):
+    import contextlib
+
+    import pretrain.model
+
+    torch.manual_seed(0)
+    model = SqueezeBertForPretraining(dataclasses.replace(SMALL, num_hidden_layers=3)).eval()
+    batch = random_batch(SMALL)
+    pointers, hidden = intermediate_outputs(model, False, batch)
+    assert len(set(pointers)) == 1  # one buffer for every layer's intermediate output
+    grad_pointers, grad_hidden = intermediate_outputs(model, True, batch)
+    assert len(set(grad_pointers)) == 3  # the autograd graph keeps each layer's
+    monkeypatch.setattr(pretrain.model, "reused_outputs", contextlib.nullcontext)
+    fresh_pointers, fresh_hidden = intermediate_outputs(model, False, batch)
+    assert torch.equal(hidden, fresh_hidden) and torch.equal(hidden, grad_hidden)
+    with torch.inference_mode():
+        assert torch.equal(model.transformer(*batch[:3])[0], hidden)
 
 
 def test_fused_qkv_keeps_transformers_parameter_names_and_shapes():
