@@ -98,10 +98,9 @@ class OptimizerConfig:
     one trust ratio per group instead of per layer and silently train a different optimizer."""
 
     def validate(self) -> None:
-        from .optim import IMPLEMENTATIONS
-
-        if self.implementation not in IMPLEMENTATIONS:
-            raise RunConfigError(f"optimizer.implementation = {self.implementation!r}: choose one of {IMPLEMENTATIONS}")
+        if self.implementation not in OPTIMIZER_IMPLEMENTATIONS:
+            raise RunConfigError(f"optimizer.implementation = {self.implementation!r}: choose one of "
+                                 f"{OPTIMIZER_IMPLEMENTATIONS}")
         if self.zero_stage != 0:
             raise RunConfigError(
                 f"optimizer.zero_stage = {self.zero_stage}: LAMB needs ZeRO stage 0 (stages 1-2 flatten parameter "
@@ -245,8 +244,6 @@ class RunConfig:
             raise RunConfigError(f"determinism = {self.determinism!r}: choose one of {DETERMINISM}")
         if self.objective not in OBJECTIVES:
             raise RunConfigError(f"objective = {self.objective!r}: choose one of {OBJECTIVES}")
-        from .precision import PRECISIONS
-
         if self.precision not in PRECISIONS:
             raise RunConfigError(f"precision = {self.precision!r}: choose one of {PRECISIONS}")
         self.optimizer.validate()
@@ -351,6 +348,10 @@ def gradient_accumulation(phase: PhaseConfig, world_size: int, where: str = "pha
     return phase.global_batch // per_step
 
 
+# Each setting's choices are named here, with the settings, so that validating a config file imports no torch:
+# `pretrain.optim.build_lamb` builds each implementation, `pretrain.precision.resolve_precision` resolves `auto`.
+OPTIMIZER_IMPLEMENTATIONS = ("reference", "torch-optimizer")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OBJECTIVES = ("mlm+sop", "mlm")
 DETERMINISM = ("default", "strict")
 LOGGING_BACKENDS = ("tensorboard", "wandb", "mlflow")
