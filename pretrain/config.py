@@ -117,8 +117,9 @@ class OptimizerConfig:
 
 
 @dataclass
-class MaskingSettings:
-    """Dynamic masking (`pretrain.data`): drawn per sample at train time, the same on any number of ranks."""
+class MaskingConfig:
+    """Dynamic masking (`pretrain.data.Batcher` reads this very object): drawn per sample at train time, the
+    same on any number of ranks. The cap on masked tokens is each phase's `max_predictions`."""
 
     probability: float = 0.15
     """Share of an example's non-special tokens chosen for prediction (of its words with whole_word):
@@ -226,7 +227,7 @@ class RunConfig:
     """How long a collective waits for a rank that stopped answering before the job fails with an error."""
     phases: list[PhaseConfig] = field(default_factory=list)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    masking: MaskingSettings = field(default_factory=MaskingSettings)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -355,7 +356,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OBJECTIVES = ("mlm+sop", "mlm")
 DETERMINISM = ("default", "strict")
 LOGGING_BACKENDS = ("tensorboard", "wandb", "mlflow")
-NESTED = {"optimizer": OptimizerConfig, "masking": MaskingSettings, "checkpoint": CheckpointConfig,
+NESTED = {"optimizer": OptimizerConfig, "masking": MaskingConfig, "checkpoint": CheckpointConfig,
           "logging": LoggingConfig}
 TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table"}
 
