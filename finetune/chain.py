@@ -20,8 +20,9 @@ import os
 from dataclasses import dataclass, field
 
 from formats.files import atomic_write_bytes
+from formats.settings import parse_value, split_assignment
 
-from .config import FinetuneConfig, FinetuneConfigError, build_config, read_toml, tomllib
+from .config import FinetuneConfig, FinetuneConfigError, build_config, read_toml
 from .data import load_task
 from .distill import check_teacher
 from .model_folder import check_weights, load_classifier, load_tokenizer, resolve_model_folder
@@ -50,13 +51,8 @@ class ChainConfig:
 
 
 def _set(values: dict, assignment: str) -> None:
-    if "=" not in assignment:
-        raise FinetuneConfigError(f"--set {assignment!r}: expected key=value, e.g. --set epochs=1")
-    key, _, text = assignment.partition("=")
-    try:  # as TOML reads a value: numbers, booleans, quoted strings; bare text is a string
-        values[key.strip()] = tomllib.loads(f"value = {text}")["value"]
-    except tomllib.TOMLDecodeError:
-        values[key.strip()] = text
+    key, text = split_assignment(assignment, "--set epochs=1", FinetuneConfigError)
+    values[key.strip()] = parse_value(text)
 
 
 def load_chain_config(args: argparse.Namespace) -> ChainConfig:

@@ -10,18 +10,12 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
-import math
 import re
-import sys
 import typing
 from dataclasses import dataclass, field
 
 from formats.errors import UserError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from formats.settings import parse_value, read_toml, split_assignment, typed
 
 
 class RunConfigError(UserError):
@@ -358,38 +352,6 @@ DETERMINISM = ("default", "strict")
 LOGGING_BACKENDS = ("tensorboard", "wandb", "mlflow")
 NESTED = {"optimizer": OptimizerConfig, "masking": MaskingConfig, "checkpoint": CheckpointConfig,
           "logging": LoggingConfig}
-TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table"}
-
-
-def _typed(value, expected: type, key: str):
-    """The value as its field's type, or a one-line error naming the key. Checked by hand rather than with
-    pydantic: five scalar types, lists of them and TOML's own parsing leave nothing for a schema library to add."""
-    if typing.get_origin(expected) is list:
-        (item_type,) = typing.get_args(expected)
-        if isinstance(value, list):
-            return [_typed(item, item_type, f"{key}.{index}") for index, item in enumerate(value)]
-        raise RunConfigError(f"{key} = {value!r}: expected a list of {TYPE_NAMES[item_type].split(' ', 1)[1]}s")
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)  # TOML writes 1 for 1.0
-    if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
-        _refuse_non_finite(value, key)
-        return value
-    raise RunConfigError(f"{key} = {value!r}: expected {TYPE_NAMES[expected]}")
-
-
-def _refuse_non_finite(value, key: str) -> None:
-    """TOML reads `nan` and `inf` as floats, and every range check in `validate` is a comparison, which NaN
-    fails both ways: `replace_with_mask = nan` passed and trained with no [MASK] at all. No setting gives inf
-    a meaning (none is "unlimited"; 0 switches the optional ones off), so neither is a setting. Tables
-    (`model_overrides`) are searched too: the model's fields are floats the model reads unchecked."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise RunConfigError(f"{key} = {value}: must be a finite number (nan and inf are not settings)")
-    if isinstance(value, dict):
-        for name, item in value.items():
-            _refuse_non_finite(item, f"{key}.{name}")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _refuse_non_finite(item, f"{key}.{index}")
 
 
 def _build(cls, values: dict, prefix: str, source: str):
@@ -412,23 +374,13 @@ def _build(cls, values: dict, prefix: str, source: str):
         elif name in NESTED:
             kwargs[name] = _build(NESTED[name], value, f"{key}.", source)
         else:
-            kwargs[name] = _typed(value, types[name], key)
+            kwargs[name] = typed(value, types[name], key, RunConfigError)
     return cls(**kwargs)
-
-
-def _parse_value(text: str):
-    """An override's value as TOML would read it (numbers, booleans, quoted strings); bare text is a string."""
-    try:
-        return tomllib.loads(f"value = {text}")["value"]
-    except tomllib.TOMLDecodeError:
-        return text
 
 
 def apply_override(values: dict, assignment: str) -> None:
     """`key.sub=value` or `phases.1.steps=100` into the raw config dict."""
-    if "=" not in assignment:
-        raise RunConfigError(f"--set {assignment!r}: expected key=value, e.g. phases.0.steps=100")
-    path, _, text = assignment.partition("=")
+    path, text = split_assignment(assignment, "phases.0.steps=100", RunConfigError)
     keys = path.strip().split(".")
     target = values
     for depth, key in enumerate(keys[:-1]):
@@ -444,21 +396,13 @@ def apply_override(values: dict, assignment: str) -> None:
     if isinstance(target, list):
         if not last.isdigit() or int(last) >= len(target):
             raise RunConfigError(f"--set {path}: no element {last}")
-        target[int(last)] = _parse_value(text)
+        target[int(last)] = parse_value(text)
     else:
-        target[last] = _parse_value(text)
+        target[last] = parse_value(text)
 
 
 def load_config(path: str | None, overrides: list[str] = ()) -> RunConfig:
-    values: dict = {}
-    if path:
-        try:
-            with open(path, "rb") as handle:
-                values = tomllib.load(handle)
-        except FileNotFoundError:
-            raise RunConfigError(f"--config {path}: no such file") from None
-        except tomllib.TOMLDecodeError as error:
-            raise RunConfigError(f"--config {path}: not valid TOML ({error})") from None
+    values = read_toml(path, RunConfigError) if path else {}
     for assignment in overrides:
         apply_override(values, assignment)
     config = _build(RunConfig, values, "", path or "config")
