@@ -1,11 +1,7 @@
 """The finetuning configuration: a documented dataclass, filled from defaults < the task's preset < a TOML
 file < command-line flags. Every field is a flag (`--learning-rate 2e-5`) and a TOML key (`learning_rate`);
-bad values are one-line errors naming the flag, before any compute.
-
-Defaults: the learning rate (3e-5) and batch (16) of the SqueezeBERT model card's run_glue command (MRPC),
-run_glue's own length (128) and AdamW, BERT's linear warmup over 10% of the steps and its 3 epochs;
-per-task presets (`finetune/presets/tasks.toml`, shipped in the package) change what common practice changes
-per task size (epochs, evaluation interval), beneath a TOML file's and the flags' values.
+bad values are one-line errors naming the flag, before any compute. Where the defaults and the per-task
+presets (`finetune/presets/tasks.toml`) come from: README, "Defaults".
 """
 
 from __future__ import annotations

@@ -1,22 +1,14 @@
 """Training data: memory-mapped shard sets, the epoch order, dynamic masking, and the loader.
 
-Contract (docs/design.md): the example behind global sample index `g` and its masks are functions of
-(seed, epoch, g) alone. Epoch `e = g // N` is a seeded permutation of the N examples; step `s` of a run
-with global batch B consumes samples [s*B, (s+1)*B), and each rank builds only its slice of them. So the
-data a step sees does not depend on the world size, the micro-batch, the number of loader workers, or on
-restarts (resume = set `consumed_samples`).
-
-Masking (BERT's `create_masked_lm_predictions`, drawn at train time): 15% of the non-special tokens of an
-example (at least 1, at most `max_predictions`), of which 80% become [MASK], 10% a random non-special
-token and 10% stay; the three rates are configurable (`[masking]` in the run config). With whole-word
-masking (Google's whole-word BERT), the unit chosen is a word, a wordpiece with its `##` continuations:
-15% of the words are chosen in a random order, a word that would take the masked tokens past
-`max_predictions` is passed over, and the 80/10/10 decision is drawn per token.
+Contract (docs/design.md, "Sample index → example and masks"): the example behind global sample index `g`
+and its masks are functions of (seed, epoch, g) alone, so a step's data does not depend on the world size,
+the micro-batch, the loader workers or restarts (resume = set `consumed_samples`). The masking rules (BERT's
+`create_masked_lm_predictions`, whole-word masking as Google's whole-word BERT): README, "Masking".
 
 The random numbers come from a counter-based generator: a SplitMix64 hash of (seed, epoch, g, position,
-stream). numpy's Generators are not used here because building one per sample
-(the only way to make draws a function of the sample index) costs more than the rest of the loader, while
-the hash is one vectorized pass over the whole micro-batch.
+stream). numpy's Generators are not used here because building one per sample (the only way to make draws a
+function of the sample index) costs more than the rest of the loader, while the hash is one vectorized pass
+over the whole micro-batch.
 """
 
 from __future__ import annotations
