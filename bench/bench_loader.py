@@ -21,7 +21,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from pretrain.data import Batcher, MaskingConfig, ShardSet  # noqa: E402
+from pretrain.config import MaskingConfig  # noqa: E402
+from pretrain.data import Batcher, ShardSet  # noqa: E402
 
 DEFAULT_CORPUS = os.path.join(ROOT, "..", "shared", "corpora", "enwiki_wikiextractor")
 
@@ -43,8 +44,8 @@ def main() -> None:
     rates = {}
     for seq_len, max_predictions in ((128, 20), (512, 80)):
         shards = ShardSet(os.path.join(work, "shards", f"seq{seq_len}"))
-        masking = MaskingConfig(max_predictions=max_predictions, whole_word=args.whole_word)
-        batcher = Batcher(shards, seed=0, masking=masking)
+        masking = MaskingConfig(whole_word=args.whole_word)
+        batcher = Batcher(shards, seed=0, masking=masking, max_predictions=max_predictions)
         batcher(np.arange(args.micro_batch))  # warm-up
         total = min(args.samples, 4 * len(shards))
         start = time.perf_counter()

@@ -34,8 +34,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from pretrain.config import OptimizerConfig, load_config  # noqa: E402
-from pretrain.data import Batcher, MaskingConfig, ShardSet, rank_slice  # noqa: E402
+from pretrain.config import MaskingConfig, OptimizerConfig, load_config  # noqa: E402
+from pretrain.data import Batcher, ShardSet, rank_slice  # noqa: E402
 from pretrain.model import ModelConfig  # noqa: E402
 from pretrain.optim import build_lamb  # noqa: E402
 from pretrain.pretraining_model import SqueezeBertForPretraining  # noqa: E402
@@ -113,7 +113,7 @@ def main() -> None:
         run("shards", "--source", args.corpus, "--vocab", os.path.join(work, "vocab"), "--out",
             os.path.join(work, "shards"), "--seq-len", "128", "--quiet")
         shards = os.path.join(work, "shards", "seq128")
-        batcher = Batcher(ShardSet(shards), seed=0, masking=MaskingConfig(max_predictions=20))
+        batcher = Batcher(ShardSet(shards), seed=0, masking=MaskingConfig(), max_predictions=20)
         summary = []
         for model_name in args.models:
             global_batch, micro_batch = SHAPES[model_name]

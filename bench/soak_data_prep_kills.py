@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 
-from soak_common import group_alive  # bench/ is on sys.path when a bench runs as a script
+from soak_common import group_alive, reference_run  # bench/ is on sys.path when a bench runs as a script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "tests", "assets", "enwiki_sample")
@@ -102,15 +102,10 @@ def main() -> None:
     subprocess.run([sys.executable, "-m", "data_prep", "vocab", "--source", SAMPLE, "--out", vocab,
                     "--vocab-size", "6000"], cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    start, first_unit = time.monotonic(), None
-    process = subprocess.Popen(shards_command(vocab, reference), cwd=ROOT, stdout=subprocess.DEVNULL)
-    while process.poll() is None:
-        if first_unit is None and unit_records(reference)["seq512"]:
-            first_unit = time.monotonic() - start
-        time.sleep(0.005)
-    duration = time.monotonic() - start
-    if process.returncode != 0 or first_unit is None:
-        sys.exit(f"the reference run failed (exit {process.returncode}) or recorded no unit while running")
+    status, duration, first_unit = reference_run(shards_command(vocab, reference), ROOT,
+                                                 lambda: bool(unit_records(reference)["seq512"]))
+    if status != 0 or first_unit is None:
+        sys.exit(f"the reference run failed (exit {status}) or recorded no unit while running")
     units = len(shard_files(reference)) // 2 - 1
     print(f"reference: {units} units (shards per length) in {duration:.2f} s, first unit recorded after "
           f"{first_unit:.2f} s", flush=True)

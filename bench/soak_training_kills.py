@@ -33,7 +33,7 @@ import subprocess
 import sys
 import time
 
-from soak_common import group_alive  # bench/ is on sys.path when a bench runs as a script
+from soak_common import group_alive, reference_run  # bench/ is on sys.path when a bench runs as a script
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE = os.path.join(ROOT, "tests", "assets", "enwiki_sample")
@@ -152,16 +152,11 @@ def main() -> None:
         os.makedirs(folder)
     command = train_command(os.path.abspath(args.shards) if args.shards else make_shards(work), args.steps)
 
-    start, first_step = time.monotonic(), None
     log = os.path.join(reference, "stderr")
-    process = subprocess.Popen(command, cwd=reference, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
-    while process.poll() is None:
-        if first_step is None and STEP_LINE.search(open(log).read()):
-            first_step = time.monotonic() - start
-        time.sleep(0.02)
-    duration = time.monotonic() - start
-    if process.returncode != 0 or first_step is None:
-        sys.exit(f"the reference run failed (exit {process.returncode}):\n{open(log).read()[-3000:]}")
+    status, duration, first_step = reference_run(command, reference, lambda: bool(STEP_LINE.search(open(log).read())),
+                                                 stderr_path=log, poll_seconds=0.02)
+    if status != 0 or first_step is None:
+        sys.exit(f"the reference run failed (exit {status}):\n{open(log).read()[-3000:]}")
     step_time = (duration - first_step) / (sum(args.steps) - 1)
     print(f"reference: {sum(args.steps)} steps in {duration:.1f} s, first step line after {first_step:.1f} s, "
           f"then {step_time:.1f} s per step (saves and evaluations included)", flush=True)

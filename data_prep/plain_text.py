@@ -1,24 +1,11 @@
 """Plain-text files as people have them: how lines become paragraphs and documents.
 
-Two readings, chosen per source (`--text-format`, or a `::FORMAT` suffix on a `--source`) or per file by
-`auto` (the default):
-
-- `lines`: one line is one paragraph and a blank line ends a document. The input convention of Google's and
-  NVIDIA's BERT scripts (one sentence per line, a blank line between documents) and of text with one
-  paragraph per line.
-- `paragraphs`: hard-wrapped text (books, articles, most text exports). Consecutive non-blank lines are one
-  paragraph, joined with spaces (a word split by a hyphen at a line end is joined back), blank lines separate
-  paragraphs, and a file is one document. Read as `lines`, every wrap point would become a sentence
-  boundary, and SOP pairs and long examples could not cross a paragraph.
-
-`auto` looks at the first `SAMPLE_LINES` non-blank lines of a file. Wrapped prose ends most of its lines in
-the middle of a sentence, and its lines are short; one sentence or paragraph per line ends nearly every line
-with sentence-final punctuation. The decision and the figures it rested on are recorded per file in the
-manifest (`text_formats`) and shown by `inspect`.
-
-Either reading takes `--doc-separator REGEX`: a line that matches it whole ends a document (and is dropped),
-for a collection of documents in one file. Memory stays bounded: a file is streamed, and a paragraph or a
-document that grows past its limit is cut there (a document cut is counted as `document_cut_at_size_limit`).
+Two readings, `lines` (one paragraph a line, a blank line ends a document) and `paragraphs` (hard-wrapped
+text: a blank line ends a paragraph, a file is a document; read as `lines`, every wrap point would become a
+sentence boundary), chosen per source or per file by `auto` from its first `SAMPLE_LINES` non-blank lines;
+the rule and the flags: README, "Plain-text formats". `auto`'s decision and the figures it rested on are
+recorded per file in the manifest (`text_formats`). Memory stays bounded: a file is streamed, and a paragraph
+or document that grows past its limit is cut there (counted as `document_cut_at_size_limit`).
 """
 
 from __future__ import annotations

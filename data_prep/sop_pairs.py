@@ -1,25 +1,11 @@
 """Seeded SOP pairing (ALBERT's `create_instances_from_document`), on token coordinates.
 
-For each document and each sequence length:
-
-- the target length is `seq_len - 3`; with probability `short_seq_prob` the document instead gets a
-  shorter random target in [2, seq_len - 3] (drawn once per document, as BERT and ALBERT do);
-- whole sentences are gathered into a chunk until the chunk reaches the target or the document ends;
-- a chunk of two or more sentences is cut at a random sentence boundary into A and B, so both are runs of
-  whole sentences. A chunk of ONE sentence (a document's last short sentence, or a sentence longer than
-  the target) is cut at a random token inside that sentence instead, so its text is still used; a
-  one-sentence chunk of a single token cannot make two segments and is counted as dropped.
-  ALBERT instead takes B from a random other document there, which makes a pair that is not two
-  consecutive segments and whose order label means nothing;
-- half of the pairs are swapped (B, A) and labelled 1 (sentence order prediction); label 0 is the order
-  of the document;
-- a pair longer than `seq_len - 3` is truncated as ALBERT's `truncate_seq_pair` does: tokens are taken
-  from the longer segment (from B on a tie), each from its front or back at random. This is computed in
-  closed form (how many from each segment, then a binomial front/back split) so a 100k-token sentence
-  costs no more than a short one. Each segment stays a contiguous run of its document's tokens.
-
-The output is a list of `(first_start, first_end, second_start, second_end, label)` spans into the
-document's token array; `[CLS] first [SEP] second [SEP]` is the example.
+The rules (targets, whole-sentence chunks, one-sentence chunks cut inside the sentence, swaps, ALBERT's
+truncation): README, "From documents to examples". The output is a list of
+`(first_start, first_end, second_start, second_end, label)` spans into the document's token array;
+`[CLS] first [SEP] second [SEP]` is the example, each segment a contiguous run of the document's tokens. The
+truncation is computed in closed form (how many tokens from each segment, then a binomial front/back split),
+so a 100k-token sentence costs no more than a short one.
 """
 
 from __future__ import annotations

@@ -1,27 +1,11 @@
 """Readers that turn every supported source into one stream of documents, with the bad-input policy.
 
-A document is a list of paragraphs (or, for BookCorpus, of sentences that are already split). What is
-unusable is skipped and counted by reason in a `Counter` that ends up in the manifest; the first few
-skips of each reason are also reported on stderr with the file they came from. What cannot be read at
-all (a path that does not exist, a damaged parquet file, a parquet file or saved dataset without a `text`
-column) is a `PrepError`, raised by `parse_source` before any work starts: it reads every parquet file's
-footer and every saved dataset's features (the schema only, not the data), so a bad file among thousands is
-named in seconds, not hours into a run.
-
-Source specs (`--source`, repeatable, read in the order given):
-
-- `bookcorpus` or `bookcorpus=DIR`: the hub's BookCorpus through `datasets.load_dataset(..., streaming=True)`
-  (DIR: a local copy with the same schema: a `text` column, one sentence per row). Rows carry no book
-  boundaries, so a document is `bookcorpus_doc_sentences` consecutive rows.
-- `wikipedia:CONFIG` or `wikipedia:CONFIG=DIR`: `wikimedia/wikipedia` with a dump config such as
-  `20231101.en`, streamed (DIR: a local copy with the same `text` column; CONFIG is then only a label).
-- a local file or folder (folders are read recursively in sorted path order, hidden files skipped):
-  - a folder saved by `datasets` (`save_to_disk`): one document per row of its `text` column;
-  - `*.parquet`, `*.jsonl`/`*.json` (JSON lines): one document per row of the `text` column;
-  - WikiExtractor output (a file whose first non-blank line starts with `<doc `): one document per
-    `<doc>` ... `</doc>`, the repeated title line dropped;
-  - any other file is plain UTF-8 text: blank lines separate documents, so a file with no blank line
-    is one document. One line is one paragraph.
+A document is a list of paragraphs (for BookCorpus, of sentences that are already split). What is unusable
+is skipped and counted by reason in a `Counter` that ends up in the manifest; the first few skips of each
+reason are also reported on stderr with their file. What cannot be read at all (a missing path, a damaged
+parquet file, no `text` column) is a `PrepError` from `parse_source` before any work starts: it reads every
+parquet footer and every saved dataset's features (the schema, not the data), so a bad file among thousands
+is named in seconds. The source specs and how each becomes documents: README, "Sources".
 """
 
 from __future__ import annotations

@@ -1,12 +1,7 @@
-"""The SqueezeBERT paper's finetuning "with bells and whistles", end to end:
-
-1. MNLI from the pretrained model, distilled from an MNLI teacher;
-2. its headless model (`mnli/headless/`: the encoder and pooler without the classifier, as the released
-   `squeezebert-mnli-headless`; `SqueezeBertForSequenceClassification` loads it with only the classifier new,
-   which is checked here before it is used);
-3. each listed task from that student, distilled from the task's teacher;
-4. `results.md` and `results.json`: dev metrics per task, beside the regime "without bells and whistles"
-   (each task finetuned from the pretrained model, no teacher) when `without` is on.
+"""The SqueezeBERT paper's finetuning "with bells and whistles", end to end: MNLI distilled → its headless model
+(checked to load with only the classifier new) → each listed task distilled from its teacher → `results.md`
+and `results.json`, beside the regime without when `without` is on. The steps and the settings: README,
+"Chain".
 
 Every run is a `finetune glue` run in its own folder, so a killed chain rerun skips the finished runs and
 resumes the one in progress. All data, models and teachers are checked before the first step starts.
@@ -20,8 +15,9 @@ import os
 from dataclasses import dataclass, field
 
 from formats.files import atomic_write_bytes
+from formats.settings import parse_value, split_assignment
 
-from .config import FinetuneConfig, FinetuneConfigError, build_config, read_toml, tomllib
+from .config import FinetuneConfig, FinetuneConfigError, build_config, read_toml
 from .data import load_task
 from .distill import check_teacher
 from .model_folder import check_weights, load_classifier, load_tokenizer, resolve_model_folder
@@ -50,13 +46,8 @@ class ChainConfig:
 
 
 def _set(values: dict, assignment: str) -> None:
-    if "=" not in assignment:
-        raise FinetuneConfigError(f"--set {assignment!r}: expected key=value, e.g. --set epochs=1")
-    key, _, text = assignment.partition("=")
-    try:  # as TOML reads a value: numbers, booleans, quoted strings; bare text is a string
-        values[key.strip()] = tomllib.loads(f"value = {text}")["value"]
-    except tomllib.TOMLDecodeError:
-        values[key.strip()] = text
+    key, text = split_assignment(assignment, "--set epochs=1", FinetuneConfigError)
+    values[key.strip()] = parse_value(text)
 
 
 def load_chain_config(args: argparse.Namespace) -> ChainConfig:

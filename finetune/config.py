@@ -1,11 +1,7 @@
 """The finetuning configuration: a documented dataclass, filled from defaults < the task's preset < a TOML
 file < command-line flags. Every field is a flag (`--learning-rate 2e-5`) and a TOML key (`learning_rate`);
-bad values are one-line errors naming the flag, before any compute.
-
-Defaults: the learning rate (3e-5) and batch (16) of the SqueezeBERT model card's run_glue command (MRPC),
-run_glue's own length (128) and AdamW, BERT's linear warmup over 10% of the steps and its 3 epochs;
-per-task presets (`finetune/presets/tasks.toml`, shipped in the package) change what common practice changes
-per task size (epochs, evaluation interval), beneath a TOML file's and the flags' values.
+bad values are one-line errors naming the flag, before any compute. Where the defaults and the per-task
+presets (`finetune/presets/tasks.toml`) come from: README, "Defaults".
 """
 
 from __future__ import annotations
@@ -13,21 +9,16 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import json
-import math
-import sys
 import typing
 from dataclasses import dataclass
 
+from formats import settings
 from formats.errors import UserError
+from formats.settings import tomllib
 
 from .tasks import TaskError, get_task
 
 IMPLEMENTATIONS = ("auto", "project", "transformers")  # --implementation's choices
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 PRESETS = importlib.resources.files("finetune") / "presets"
 
@@ -169,32 +160,14 @@ def field_docs() -> dict[str, str]:
     return docs
 
 
-TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-
-
 def typed(key: str, value, where: str):
     """`value` as `key`'s type; `where` names the layer it came from ("" for the command line's flags)."""
     expected = typing.get_type_hints(FinetuneConfig)[key]
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
-        # argparse's float() and TOML both read nan and inf, and NaN passes every range check in `validate`
-        # (a comparison with NaN is false both ways); no field gives inf a meaning.
-        if expected is float and not math.isfinite(value):
-            setting = f"{where}{key} = {value}" if where else f"{flag_name(key)} {value}"
-            raise FinetuneConfigError(f"{setting}: must be a finite number (nan and inf are not settings)")
-        return value
-    raise FinetuneConfigError(f"{where}{key} = {value!r}: expected {TYPE_NAMES[expected]}")
+    return settings.typed(value, expected, f"{where}{key}", FinetuneConfigError, "" if where else flag_name(key))
 
 
 def read_toml(path: str) -> dict:
-    try:
-        with open(path, "rb") as handle:
-            return tomllib.load(handle)
-    except FileNotFoundError:
-        raise FinetuneConfigError(f"--config {path}: no such file") from None
-    except tomllib.TOMLDecodeError as error:
-        raise FinetuneConfigError(f"--config {path}: not valid TOML ({error})") from None
+    return settings.read_toml(path, FinetuneConfigError)
 
 
 def task_preset(task_name: str) -> dict:

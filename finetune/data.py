@@ -1,18 +1,8 @@
 """A GLUE task's splits from any of the places they live, in the hub's columns, checked before any compute.
 
-Sources (`--data`):
-- `hub`: `datasets.load_dataset("nyu-mll/glue", task)` (the diagnostic set AX is the config `ax`);
-- a folder of the original GLUE download: `glue_data/` or `glue_data/MRPC/` (`finetune.glue_files`);
-- a folder of files named by split with the hub's columns: `train.jsonl`, `validation.csv`,
-  `test-00000-of-00001.parquet` (the hub's parquet conversion), `dev.*` for `validation`; directly in the
-  folder or in `<folder>/<task>/` or `<folder>/<GLUE dir>/`;
-- a folder saved by `datasets` (`DatasetDict.save_to_disk`), the same places.
-
-A label column that names its classes (a ClassLabel: datasets folders, the hub's parquet files) is mapped to
-the task's ids by name (`finetune.labels`): MNLI saved with `class_encode_column` numbers its classes
-alphabetically. Integer labels without names are taken as the hub's ids and checked by range.
-
-Every split comes out with the task's text columns, `label` (the hub's ids; -1 on test sets) and `idx`.
+The sources (`--data`: the hub, the GLUE download, files named by split, a `datasets` folder) and the label
+rule: README, "Data" and "Labels by name". Every split comes out with the task's text columns, `label` (the
+hub's ids, mapped by name where the source names its classes: `finetune.labels`; -1 on test sets) and `idx`.
 Train and dev splits are required; a missing test split only means no test-server predictions.
 """
 

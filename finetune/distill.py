@@ -1,18 +1,13 @@
 """Distillation from a task-specific teacher: the loss, the teacher's outputs cached on disk, the Trainer.
 
-Loss (classification) = alpha * CE(student, hard labels) + (1 - alpha) * T^2 * KL(p_teacher,T || p_student,T),
-with p_x,T = softmax(logits_x / T). The KL runs from the teacher to the student, as Hinton et al. (2015)
-and DistilBERT: it is the cross-entropy of the student against the teacher's soft targets minus the
-teacher's (constant) entropy, so its gradient w.r.t. the student's logits is (p_student,T - p_teacher,T) / T,
-and T^2 keeps the soft term's gradient on the hard term's scale as T changes. The reverse direction
-KL(student || teacher) is mode-seeking: it lets the student ignore classes the teacher gives mass to,
-which is what the soft targets are there to teach. Regression (STS-B): alpha * MSE(student, label) +
-(1 - alpha) * MSE(student, teacher's score).
+Loss (classification) = alpha * CE(student, hard labels) + (1 - alpha) * T^2 * KL(p_teacher,T || p_student,T);
+regression (STS-B): alpha * MSE(student, label) + (1 - alpha) * MSE(student, teacher's score). Why the KL runs
+from the teacher to the student, and the defaults: README, "Distillation".
 
-The teacher may tokenize differently from the student: its outputs are computed once, from the raw text
-with its own tokenizer, and cached on disk under a key made of the training data's fingerprint, the
-teacher's files' sha256 and the length limit. A cache file is trusted only when its sha256 matches the one
-recorded beside it and it holds a float32 array (read without unpickling); a stale or damaged cache is rebuilt.
+The teacher may tokenize differently from the student: its outputs are computed once, from the raw text with
+its own tokenizer, and cached under a key of the training data's fingerprint, the teacher's files' sha256 and
+the length limit. A cache file is trusted only when its sha256 matches the one recorded beside it and it holds
+a float32 array (read without unpickling); a stale or damaged cache is rebuilt.
 """
 
 from __future__ import annotations

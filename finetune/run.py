@@ -1,21 +1,11 @@
 """One GLUE run: check everything → tokenize → teacher outputs (cached) → transformers' Trainer (resuming
 from its last complete checkpoint) → the best model, the test-server files and results.json.
 
-Output folder (`--out`):
-- `checkpoints/checkpoint-N/`: the Trainer's, while training (the best and the last `keep_checkpoints`; removed once
-  the run is complete);
-- `tensorboard/`; `teacher_cache/` (distillation);
-- `model/`: the best checkpoint's model and tokenizer; `headless/` (with `--headless`): the same without its
-  classifier; `predictions/`: the GLUE server's files;
-- `run_config.json`: the run's settings and its inputs' fingerprints (data, model, teacher), written once every
-  input is checked; a start that fails before its first checkpoint removes it, so it binds `--out` to nothing;
-- `results.json`: dev metrics, the resolved config and the inputs' fingerprints, written last: its presence
-  means the run is complete.
-
-Every final file or folder is written atomically (`formats.files`), so a killed run never leaves one that
-looks complete. Rerunning the same command resumes from the newest complete Trainer checkpoint (one with
-its `trainer_state.json`, which the Trainer writes last); a finished run is not redone unless its settings or
-inputs changed (an error: another `--out`, or `--overwrite-output` to start over).
+What `--out` holds and how a rerun treats it: README, "Outputs" and "Resume and atomic outputs". The
+contract kept here: every final file or folder is written atomically (`formats.files`) and `results.json`
+last, so its presence means the run is complete; `run_config.json` (the settings and the inputs'
+fingerprints) is written once every input is checked and removed by a start that fails before its first
+checkpoint, so it binds `--out` to nothing; the same `--out` with other settings or inputs is an error.
 """
 
 from __future__ import annotations

@@ -29,7 +29,9 @@ def write_error(path: str, error: OSError) -> FileWriteError:
     return FileWriteError(f"{path}: cannot write ({error.strerror})")
 
 
-def fsync_dir(path: str) -> None:
+def fsync_path(path: str) -> None:
+    """fsync a file (its bytes) or a folder (its entries: a file created or renamed in a folder is on disk
+    only once the folder is fsynced too)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -44,13 +46,9 @@ def tmp_name(path: str) -> str:
 
 def commit(tmp_path: str, final_path: str) -> None:
     """fsync `tmp_path`, rename it to `final_path` and fsync the folder."""
-    fd = os.open(tmp_path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(tmp_path)
     os.replace(tmp_path, final_path)
-    fsync_dir(os.path.dirname(os.path.abspath(final_path)))
+    fsync_path(os.path.dirname(os.path.abspath(final_path)))
 
 
 def atomic_write_bytes(path: str, data) -> None:
@@ -83,14 +81,12 @@ def remove_quietly(path: str) -> None:
 
 
 def fsync_tree(folder: str) -> None:
-    """fsync every file under `folder` (before it is renamed into place)."""
+    """fsync every file and folder under `folder`, `folder` included (before it is renamed into place):
+    `fsync_path` of each, so the files' entries are on disk with their bytes."""
     for root, _, files in os.walk(folder):
         for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_path(os.path.join(root, name))
+        fsync_path(root)
 
 
 def replace_folder(new_dir: str, out_dir: str) -> None:
@@ -102,7 +98,7 @@ def replace_folder(new_dir: str, out_dir: str) -> None:
     if os.path.exists(out_dir):
         os.replace(out_dir, old_dir)
     os.replace(new_dir, out_dir)
-    fsync_dir(os.path.dirname(os.path.abspath(out_dir)))
+    fsync_path(os.path.dirname(os.path.abspath(out_dir)))
     shutil.rmtree(old_dir, ignore_errors=True)
 
 

@@ -1,10 +1,8 @@
 """The manifest of a shard set, and `verify`.
 
-`manifest.json` in each `seqN/` folder is the set's contract with the trainer (docs/design.md): format version,
-the resolved prep config, tokenizer hash, vocab size and special-token ids, seed, per-shard example and
-token counts with size and sha256, and the counts of every input that was skipped and why. It holds
-nothing that depends on the machine, the time or the number of worker processes, so two runs on the same
-inputs write byte-identical manifests.
+`manifest.json` in each `seqN/` folder is the set's contract with the trainer; what it records and what a
+training start checks against it: docs/design.md, "Shards". Nothing in it depends on the machine, the time
+or the number of worker processes, so two runs on the same inputs write byte-identical manifests.
 """
 
 from __future__ import annotations

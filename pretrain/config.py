@@ -10,18 +10,12 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
-import math
 import re
-import sys
 import typing
 from dataclasses import dataclass, field
 
 from formats.errors import UserError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+from formats.settings import parse_value, read_toml, split_assignment, typed
 
 
 class RunConfigError(UserError):
@@ -98,10 +92,9 @@ class OptimizerConfig:
     one trust ratio per group instead of per layer and silently train a different optimizer."""
 
     def validate(self) -> None:
-        from .optim import IMPLEMENTATIONS
-
-        if self.implementation not in IMPLEMENTATIONS:
-            raise RunConfigError(f"optimizer.implementation = {self.implementation!r}: choose one of {IMPLEMENTATIONS}")
+        if self.implementation not in OPTIMIZER_IMPLEMENTATIONS:
+            raise RunConfigError(f"optimizer.implementation = {self.implementation!r}: choose one of "
+                                 f"{OPTIMIZER_IMPLEMENTATIONS}")
         if self.zero_stage != 0:
             raise RunConfigError(
                 f"optimizer.zero_stage = {self.zero_stage}: LAMB needs ZeRO stage 0 (stages 1-2 flatten parameter "
@@ -118,8 +111,9 @@ class OptimizerConfig:
 
 
 @dataclass
-class MaskingSettings:
-    """Dynamic masking (`pretrain.data`): drawn per sample at train time, the same on any number of ranks."""
+class MaskingConfig:
+    """Dynamic masking (`pretrain.data.Batcher` reads this very object): drawn per sample at train time, the
+    same on any number of ranks. The cap on masked tokens is each phase's `max_predictions`."""
 
     probability: float = 0.15
     """Share of an example's non-special tokens chosen for prediction (of its words with whole_word):
@@ -227,7 +221,7 @@ class RunConfig:
     """How long a collective waits for a rank that stopped answering before the job fails with an error."""
     phases: list[PhaseConfig] = field(default_factory=list)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    masking: MaskingSettings = field(default_factory=MaskingSettings)
+    masking: MaskingConfig = field(default_factory=MaskingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
@@ -245,8 +239,6 @@ class RunConfig:
             raise RunConfigError(f"determinism = {self.determinism!r}: choose one of {DETERMINISM}")
         if self.objective not in OBJECTIVES:
             raise RunConfigError(f"objective = {self.objective!r}: choose one of {OBJECTIVES}")
-        from .precision import PRECISIONS
-
         if self.precision not in PRECISIONS:
             raise RunConfigError(f"precision = {self.precision!r}: choose one of {PRECISIONS}")
         self.optimizer.validate()
@@ -351,43 +343,15 @@ def gradient_accumulation(phase: PhaseConfig, world_size: int, where: str = "pha
     return phase.global_batch // per_step
 
 
+# Each setting's choices are named here, with the settings, so that validating a config file imports no torch:
+# `pretrain.optim.build_lamb` builds each implementation, `pretrain.precision.resolve_precision` resolves `auto`.
+OPTIMIZER_IMPLEMENTATIONS = ("reference", "torch-optimizer")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 OBJECTIVES = ("mlm+sop", "mlm")
 DETERMINISM = ("default", "strict")
 LOGGING_BACKENDS = ("tensorboard", "wandb", "mlflow")
-NESTED = {"optimizer": OptimizerConfig, "masking": MaskingSettings, "checkpoint": CheckpointConfig,
+NESTED = {"optimizer": OptimizerConfig, "masking": MaskingConfig, "checkpoint": CheckpointConfig,
           "logging": LoggingConfig}
-TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a table"}
-
-
-def _typed(value, expected: type, key: str):
-    """The value as its field's type, or a one-line error naming the key. Checked by hand rather than with
-    pydantic: five scalar types, lists of them and TOML's own parsing leave nothing for a schema library to add."""
-    if typing.get_origin(expected) is list:
-        (item_type,) = typing.get_args(expected)
-        if isinstance(value, list):
-            return [_typed(item, item_type, f"{key}.{index}") for index, item in enumerate(value)]
-        raise RunConfigError(f"{key} = {value!r}: expected a list of {TYPE_NAMES[item_type].split(' ', 1)[1]}s")
-    if expected is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)  # TOML writes 1 for 1.0
-    if isinstance(value, expected) and not (expected is int and isinstance(value, bool)):
-        _refuse_non_finite(value, key)
-        return value
-    raise RunConfigError(f"{key} = {value!r}: expected {TYPE_NAMES[expected]}")
-
-
-def _refuse_non_finite(value, key: str) -> None:
-    """TOML reads `nan` and `inf` as floats, and every range check in `validate` is a comparison, which NaN
-    fails both ways: `replace_with_mask = nan` passed and trained with no [MASK] at all. No setting gives inf
-    a meaning (none is "unlimited"; 0 switches the optional ones off), so neither is a setting. Tables
-    (`model_overrides`) are searched too: the model's fields are floats the model reads unchecked."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise RunConfigError(f"{key} = {value}: must be a finite number (nan and inf are not settings)")
-    if isinstance(value, dict):
-        for name, item in value.items():
-            _refuse_non_finite(item, f"{key}.{name}")
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            _refuse_non_finite(item, f"{key}.{index}")
 
 
 def _build(cls, values: dict, prefix: str, source: str):
@@ -410,23 +374,13 @@ def _build(cls, values: dict, prefix: str, source: str):
         elif name in NESTED:
             kwargs[name] = _build(NESTED[name], value, f"{key}.", source)
         else:
-            kwargs[name] = _typed(value, types[name], key)
+            kwargs[name] = typed(value, types[name], key, RunConfigError)
     return cls(**kwargs)
-
-
-def _parse_value(text: str):
-    """An override's value as TOML would read it (numbers, booleans, quoted strings); bare text is a string."""
-    try:
-        return tomllib.loads(f"value = {text}")["value"]
-    except tomllib.TOMLDecodeError:
-        return text
 
 
 def apply_override(values: dict, assignment: str) -> None:
     """`key.sub=value` or `phases.1.steps=100` into the raw config dict."""
-    if "=" not in assignment:
-        raise RunConfigError(f"--set {assignment!r}: expected key=value, e.g. phases.0.steps=100")
-    path, _, text = assignment.partition("=")
+    path, text = split_assignment(assignment, "phases.0.steps=100", RunConfigError)
     keys = path.strip().split(".")
     target = values
     for depth, key in enumerate(keys[:-1]):
@@ -442,21 +396,13 @@ def apply_override(values: dict, assignment: str) -> None:
     if isinstance(target, list):
         if not last.isdigit() or int(last) >= len(target):
             raise RunConfigError(f"--set {path}: no element {last}")
-        target[int(last)] = _parse_value(text)
+        target[int(last)] = parse_value(text)
     else:
-        target[last] = _parse_value(text)
+        target[last] = parse_value(text)
 
 
 def load_config(path: str | None, overrides: list[str] = ()) -> RunConfig:
-    values: dict = {}
-    if path:
-        try:
-            with open(path, "rb") as handle:
-                values = tomllib.load(handle)
-        except FileNotFoundError:
-            raise RunConfigError(f"--config {path}: no such file") from None
-        except tomllib.TOMLDecodeError as error:
-            raise RunConfigError(f"--config {path}: not valid TOML ({error})") from None
+    values = read_toml(path, RunConfigError) if path else {}
     for assignment in overrides:
         apply_override(values, assignment)
     config = _build(RunConfig, values, "", path or "config")

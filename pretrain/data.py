@@ -1,28 +1,19 @@
 """Training data: memory-mapped shard sets, the epoch order, dynamic masking, and the loader.
 
-Contract (docs/design.md): the example behind global sample index `g` and its masks are functions of
-(seed, epoch, g) alone. Epoch `e = g // N` is a seeded permutation of the N examples; step `s` of a run
-with global batch B consumes samples [s*B, (s+1)*B), and each rank builds only its slice of them. So the
-data a step sees does not depend on the world size, the micro-batch, the number of loader workers, or on
-restarts (resume = set `consumed_samples`).
-
-Masking (BERT's `create_masked_lm_predictions`, drawn at train time): 15% of the non-special tokens of an
-example (at least 1, at most `max_predictions`), of which 80% become [MASK], 10% a random non-special
-token and 10% stay; the three rates are configurable (`[masking]` in the run config). With whole-word
-masking (Google's whole-word BERT), the unit chosen is a word, a wordpiece with its `##` continuations:
-15% of the words are chosen in a random order, a word that would take the masked tokens past
-`max_predictions` is passed over, and the 80/10/10 decision is drawn per token.
+Contract (docs/design.md, "Sample index → example and masks"): the example behind global sample index `g`
+and its masks are functions of (seed, epoch, g) alone, so a step's data does not depend on the world size,
+the micro-batch, the loader workers or restarts (resume = set `consumed_samples`). The masking rules (BERT's
+`create_masked_lm_predictions`, whole-word masking as Google's whole-word BERT): README, "Masking".
 
 The random numbers come from a counter-based generator: a SplitMix64 hash of (seed, epoch, g, position,
-stream). numpy's Generators are not used here because building one per sample
-(the only way to make draws a function of the sample index) costs more than the rest of the loader, while
-the hash is one vectorized pass over the whole micro-batch.
+stream). numpy's Generators are not used here because building one per sample (the only way to make draws a
+function of the sample index) costs more than the rest of the loader, while the hash is one vectorized pass
+over the whole micro-batch.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -34,6 +25,7 @@ from formats.manifest import MANIFEST_FILE, check_for_training, load_manifest
 from formats.shards import open_shard
 from formats.vocabulary import VOCAB_FILE
 
+from .config import MaskingConfig
 from .pretraining_model import IGNORE_INDEX
 
 PAD_TO_MULTIPLE = 8  # micro-batches are padded to their longest example, rounded up for matmul tiles
@@ -138,31 +130,18 @@ def uniform(seed: int, stream: int, epochs: np.ndarray, samples: np.ndarray, wid
     return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
-@dataclass
-class MaskingConfig:
-    mask_probability: float = 0.15  # BERT's (of the tokens, or of the words with whole_word)
-    max_predictions: int = 20  # per sequence: the paper's 20 at length 128, 80 at 512
-    mask_token_fraction: float = 0.8  # of the chosen: [MASK]
-    random_token_fraction: float = 0.1  # of the chosen: a random token; the rest stay unchanged
-    whole_word: bool = False  # choose words (a wordpiece and its ## continuations), not tokens
-
-    def __post_init__(self) -> None:
-        if not 0 < self.mask_probability < 1:
-            raise DataError(f"mask_probability {self.mask_probability}: must be within (0, 1)")
-        if self.max_predictions < 1:
-            raise DataError(f"max_predictions {self.max_predictions}: must be at least 1")
-        if self.mask_token_fraction + self.random_token_fraction > 1:
-            raise DataError("mask_token_fraction + random_token_fraction must not exceed 1")
-
-
 class Batcher:
     """Builds the micro-batch of a run of global sample indices: gather, pad, mask, collate."""
 
-    def __init__(self, shards: ShardSet, seed: int, masking: MaskingConfig, held_out: int = 0,
+    def __init__(self, shards: ShardSet, seed: int, masking: MaskingConfig, max_predictions: int, held_out: int = 0,
                  document_order: bool = False, eval_shards: ShardSet | None = None, eval_count: int = 0) -> None:
-        """Evaluation reads the first `eval_count` examples of `eval_shards` (a held-out split made by data_prep)
-        or, without those, the last `held_out` examples of `shards`, which training then never sees.
+        """`max_predictions`: masked tokens per sequence at most (the phase's). Evaluation reads the first
+        `eval_count` examples of `eval_shards` (a held-out split made by data_prep) or, without those, the last
+        `held_out` examples of `shards`, which training then never sees.
         `document_order`: MLM only; a pair stored swapped for SOP is put back in the order of its text."""
+        masking.validate()  # the run config's own checks, for a Batcher built without a run config
+        if max_predictions < 1:
+            raise DataError(f"max_predictions {max_predictions}: must be at least 1")
         if not 0 <= held_out < len(shards):
             raise DataError(f"{shards.folder}: cannot hold out {held_out} of {len(shards)} examples for evaluation")
         if eval_shards is not None and held_out:
@@ -171,6 +150,7 @@ class Batcher:
         self.document_order = document_order
         self.seed = seed
         self.masking = masking
+        self.max_predictions = max_predictions
         self.num_train = len(shards) - held_out  # the last `held_out` examples are for evaluation only
         if eval_shards is None:
             self.eval_set, self.eval_start, self.eval_count = shards, self.num_train, held_out
@@ -229,8 +209,8 @@ class Batcher:
             chosen = self.choose_words(input_ids, candidates, keys)
         else:
             budget = np.minimum(
-                config.max_predictions,
-                np.maximum(1, np.rint(candidates.sum(1) * config.mask_probability).astype(np.int64)),
+                self.max_predictions,
+                np.maximum(1, np.rint(candidates.sum(1) * config.probability).astype(np.int64)),
             )
             budget = np.minimum(budget, candidates.sum(1))
             # The `budget` candidates with the smallest keys are chosen: a uniform random subset.
@@ -244,15 +224,15 @@ class Batcher:
         ]
         labels = np.where(chosen, input_ids, IGNORE_INDEX)
         masked = input_ids.copy()
-        to_mask = chosen & (action < config.mask_token_fraction)
-        to_random = chosen & (action >= config.mask_token_fraction) & (
-            action < config.mask_token_fraction + config.random_token_fraction)
+        to_mask = chosen & (action < config.replace_with_mask)
+        to_random = chosen & (action >= config.replace_with_mask) & (
+            action < config.replace_with_mask + config.replace_with_random)
         masked[to_mask] = self.mask_id
         masked[to_random] = replacement[to_random]
         return masked, labels
 
     def choose_words(self, input_ids: np.ndarray, candidates: np.ndarray, keys: np.ndarray) -> np.ndarray:
-        """Whole words, in the random order of the keys at their first pieces: `mask_probability` of the
+        """Whole words, in the random order of the keys at their first pieces: `probability` of the
         words (at least 1), each taken whole, passing over a word that would exceed `max_predictions`
         tokens (Google's whole-word BERT). A `##` piece right after a candidate continues its word."""
         config = self.masking
@@ -266,12 +246,12 @@ class Batcher:
             if not len(start_positions):
                 continue
             lengths = np.bincount(word[row][candidates[row]], minlength=len(start_positions))
-            wanted = max(1, int(np.rint(len(start_positions) * config.mask_probability)))
+            wanted = max(1, int(np.rint(len(start_positions) * config.probability)))
             taken, tokens = [], 0
             for index in np.argsort(keys[row, start_positions], kind="stable"):
                 if len(taken) == wanted:
                     break
-                if tokens + lengths[index] <= config.max_predictions:
+                if tokens + lengths[index] <= self.max_predictions:
                     taken.append(index)
                     tokens += int(lengths[index])
             chosen[row] = candidates[row] & np.isin(word[row], taken)

@@ -204,9 +204,6 @@ class TorchOptimizerLamb(GradientControl, torch_optimizer.Lamb):
         return super().step(closure)
 
 
-IMPLEMENTATIONS = ("reference", "torch-optimizer")
-
-
 def build_lamb(model: nn.Module, config: OptimizerConfig, lr: float) -> torch.optim.Optimizer:
     groups = parameter_groups(model, config.weight_decay)
     betas = (config.beta1, config.beta2)

@@ -24,7 +24,6 @@ import torch
 
 from formats.errors import UserError
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 

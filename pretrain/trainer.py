@@ -39,7 +39,7 @@ from formats.vocabulary import short
 
 from .checkpoint import MODEL_CONFIG_KEY, VOCAB_DIR_KEY, VOCAB_SHA256_KEY, Checkpointer, CheckpointError
 from .config import RunConfig, RunConfigError, deepspeed_config, gradient_accumulation, resume_changes
-from .data import Batcher, MaskingConfig, MicroBatches, ShardSet, step_loader
+from .data import Batcher, MicroBatches, ShardSet, step_loader
 from .distributed import (
     Preemption,
     device_vector,
@@ -161,11 +161,7 @@ def open_phase_data(config: RunConfig, model_config: ModelConfig) -> list[Batche
         eval_shards = open_eval_shards(phase, shards, f"phases.{index}") if phase.eval_shards else None
         held_out = min(config.logging.eval_samples, len(shards) // 10) if evaluating and not eval_shards else 0
         # MLM only: the pairs in document order, so a swapped one is put back
-        masking = MaskingConfig(mask_probability=config.masking.probability, max_predictions=phase.max_predictions,
-                                mask_token_fraction=config.masking.replace_with_mask,
-                                random_token_fraction=config.masking.replace_with_random,
-                                whole_word=config.masking.whole_word)
-        batchers.append(Batcher(shards, config.seed + index, masking, held_out=held_out,
+        batchers.append(Batcher(shards, config.seed + index, config.masking, phase.max_predictions, held_out=held_out,
                                 document_order=config.objective == "mlm", eval_shards=eval_shards,
                                 eval_count=config.logging.eval_samples))
     return batchers

@@ -396,7 +396,7 @@ def test_the_trainer_evaluates_on_the_held_out_split(mlm_only_reference, heldout
     phase's eval_shards (seq512-heldout), recomputed here; and training used the whole training set."""
     import torch.nn.functional as F
 
-    from pretrain.data import Batcher, MaskingConfig, ShardSet
+    from pretrain.data import Batcher, ShardSet
     from pretrain.model import ModelConfig
     from pretrain.pretraining_model import SqueezeBertForPretraining
 
@@ -406,9 +406,9 @@ def test_the_trainer_evaluates_on_the_held_out_split(mlm_only_reference, heldout
     model = SqueezeBertForPretraining(ModelConfig.preset(config.model), sop=False)
     model.load_state_dict(final_parameters(mlm_only_reference))
     model.eval()
-    masking = MaskingConfig(mask_probability=0.3, max_predictions=phase.max_predictions, whole_word=True)
-    batcher = Batcher(ShardSet(phase.shards), config.seed + 1, masking, document_order=True,
-                      eval_shards=ShardSet(phase.eval_shards), eval_count=config.logging.eval_samples)
+    batcher = Batcher(ShardSet(phase.shards), config.seed + 1, config.masking, phase.max_predictions,
+                      document_order=True, eval_shards=ShardSet(phase.eval_shards),
+                      eval_count=config.logging.eval_samples)
     assert batcher.num_train == len(batcher.shards) and batcher.eval_set.folder.endswith("seq512-heldout")
     assert 0 < batcher.eval_count <= config.logging.eval_samples
     total, masked = 0.0, 0

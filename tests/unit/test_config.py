@@ -69,6 +69,7 @@ def test_derived_deepspeed_config(config_file):
     ("precision=fp8", "precision = 'fp8'"),
     ("optimizer.implementation=apex", "optimizer.implementation = 'apex'"),
     ("optimizer.max_consecutive_skips=0", "optimizer.max_consecutive_skips = 0"),
+    ("masking.replace_with_random=-0.1", "masking.replace_with_mask and replace_with_random: each >= 0"),
     ("phases.5.steps=1", "no element 5"),
     ("nonsense", "expected key=value"),
 ])

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from formats.errors import FormatError
-from pretrain.data import Batcher, DataError, MaskingConfig, MicroBatches, ShardSet, rank_slice, step_loader
+from pretrain.config import MaskingConfig, RunConfigError
+from pretrain.data import Batcher, DataError, MicroBatches, ShardSet, rank_slice, step_loader
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,7 @@ def test_shard_set_reads_what_datasets_reads(shards):
 
 
 def test_masks_do_not_depend_on_world_size_or_micro_batch(shards):
-    batcher = Batcher(shards, seed=3, masking=MaskingConfig(max_predictions=20))
+    batcher = Batcher(shards, seed=3, masking=MaskingConfig(), max_predictions=20)
     global_batch, step = 32, 5
     seen = {}
     for world_size, micro_batch in [(1, 32), (2, 4), (4, 8), (1, 2)]:
@@ -57,12 +58,12 @@ def test_masks_do_not_depend_on_world_size_or_micro_batch(shards):
     reference = seen[(1, 32)]
     assert all(value == reference for value in seen.values())
     # a fresh Batcher (a restarted job) draws the same
-    again = Batcher(shards, seed=3, masking=MaskingConfig(max_predictions=20))(np.arange(160, 192))
+    again = Batcher(shards, seed=3, masking=MaskingConfig(), max_predictions=20)(np.arange(160, 192))
     assert unpadded(again, 4) == reference[164]
 
 
 def test_masking_statistics_and_rules(shards):
-    batcher = Batcher(shards, seed=0, masking=MaskingConfig(max_predictions=20))
+    batcher = Batcher(shards, seed=0, masking=MaskingConfig(), max_predictions=20)
     special = set(shards.special_ids.values())
     batch = batcher(np.arange(0, 2048))
     labels, ids = batch["mlm_labels"], batch["input_ids"]
@@ -100,9 +101,8 @@ def test_configured_rates_are_the_measured_rates(shard_root, length, probability
     """Over 2048 examples of the shipped corpus: the share of candidates chosen within 0.01 of the configured
     one (where the cap does not bind), the [MASK] / random / unchanged split within 0.03, specials never."""
     shards = ShardSet(os.path.join(shard_root, f"seq{length}"))
-    batcher = Batcher(shards, seed=1, masking=MaskingConfig(mask_probability=probability, max_predictions=length,
-                                                             mask_token_fraction=to_mask,
-                                                             random_token_fraction=to_random))
+    batcher = Batcher(shards, seed=1, masking=MaskingConfig(probability=probability, replace_with_mask=to_mask,
+                                                             replace_with_random=to_random), max_predictions=length)
     special = torch.tensor(sorted(set(shards.special_ids.values())))
     batch = batcher(np.arange(0, 2048))
     labels, ids = batch["mlm_labels"], batch["input_ids"]
@@ -121,8 +121,8 @@ def test_whole_word_masking_takes_whole_words_at_the_configured_rate(shard_root,
     from formats.layout import vocab_beside
 
     shards = ShardSet(os.path.join(shard_root, f"seq{length}"))
-    masking = MaskingConfig(max_predictions=cap, whole_word=True)
-    batcher = Batcher(shards, seed=2, masking=masking)
+    masking = MaskingConfig(whole_word=True)
+    batcher = Batcher(shards, seed=2, masking=masking, max_predictions=cap)
     pieces = open(os.path.join(vocab_beside(shards.folder), "vocab.txt"), encoding="utf-8").read().split("\n")
     continuation = [piece.startswith("##") for piece in pieces]
     special = set(shards.special_ids.values())
@@ -155,7 +155,7 @@ def test_whole_word_masking_takes_whole_words_at_the_configured_rate(shard_root,
 
 
 def test_token_types_attention_and_sop(shards):
-    batcher = Batcher(shards, seed=0, masking=MaskingConfig())
+    batcher = Batcher(shards, seed=0, masking=MaskingConfig(), max_predictions=20)
     batch = batcher(np.arange(10))
     epochs, indices = batcher.order.examples(np.arange(10))
     for row, index in enumerate(indices):
@@ -168,7 +168,7 @@ def test_token_types_attention_and_sop(shards):
 
 
 def test_epochs_are_seeded_permutations(shards):
-    batcher = Batcher(shards, seed=9, masking=MaskingConfig())
+    batcher = Batcher(shards, seed=9, masking=MaskingConfig(), max_predictions=20)
     n = len(shards)
     epochs, first = batcher.order.examples(np.arange(n))
     assert sorted(first.tolist()) == list(range(n)) and (epochs == 0).all()
@@ -179,7 +179,7 @@ def test_epochs_are_seeded_permutations(shards):
 
 
 def test_loader_workers_do_not_change_batches(shards):
-    batcher = Batcher(shards, seed=1, masking=MaskingConfig())
+    batcher = Batcher(shards, seed=1, masking=MaskingConfig(), max_predictions=20)
     dataset = MicroBatches(batcher, global_batch=16, micro_batch=4, rank=1, world_size=2, start_step=3, total_steps=5)
     assert len(dataset) == 4
     plain = [dataset[i] for i in range(len(dataset))]
@@ -204,7 +204,7 @@ def test_the_next_steps_are_built_whole_while_the_device_computes_a_step(shards,
     """While step 0 is computed (the test holds it and waits), the loader's workers build every micro-batch of
     the following steps. The loader this replaced (single micro-batches, one worker, 4 in flight) built 4 of step
     1's 8, so the device waited at the start of every step for the rest to be built."""
-    batcher = Batcher(shards, seed=1, masking=MaskingConfig())
+    batcher = Batcher(shards, seed=1, masking=MaskingConfig(), max_predictions=20)
     dataset = RecordedMicroBatches(batcher, global_batch=32, micro_batch=4, rank=0, world_size=1, start_step=0,
                                    total_steps=6)
     dataset.log = str(tmp_path / "built")
@@ -222,19 +222,22 @@ def test_the_next_steps_are_built_whole_while_the_device_computes_a_step(shards,
 
 
 def test_bad_data_settings(shards, tmp_path):
-    batcher = Batcher(shards, seed=1, masking=MaskingConfig())
+    batcher = Batcher(shards, seed=1, masking=MaskingConfig(), max_predictions=20)
     with pytest.raises(DataError, match="not a multiple of micro-batch"):
         MicroBatches(batcher, global_batch=10, micro_batch=4, rank=0, world_size=1, start_step=0, total_steps=1)
     with pytest.raises(FormatError, match="manifest.json"):
         ShardSet(str(tmp_path))
     with pytest.raises(DataError, match="max_predictions"):
-        MaskingConfig(max_predictions=0)
+        Batcher(shards, seed=1, masking=MaskingConfig(), max_predictions=0)
+    # the run config's checks hold for a Batcher built without one (a negative share passed the loader's own)
+    with pytest.raises(RunConfigError, match=r"^masking.replace_with_mask and replace_with_random: each >= 0"):
+        Batcher(shards, seed=1, masking=MaskingConfig(replace_with_random=-0.1), max_predictions=20)
 
 
 def test_mlm_only_feeds_each_pair_in_document_order(shards):
     """A pair stored swapped for SOP (B before A) comes back as written, its segments' types with it."""
-    plain = Batcher(shards, seed=0, masking=MaskingConfig())
-    ordered = Batcher(shards, seed=0, masking=MaskingConfig(), document_order=True)
+    plain = Batcher(shards, seed=0, masking=MaskingConfig(), max_predictions=20)
+    ordered = Batcher(shards, seed=0, masking=MaskingConfig(), max_predictions=20, document_order=True)
     samples = np.arange(0, 256)
     _, examples = plain.order.examples(samples)
     swapped = [row for row, index in enumerate(examples) if shards.example(int(index))[2] == 1]
@@ -256,7 +259,7 @@ def test_whole_word_masking_without_the_vocabulary_beside_the_shards_is_one_line
     alone = tmp_path / "seq128"
     shutil.copytree(shards.folder, alone)  # the shards without the vocabulary folder beside them
     with pytest.raises(DataError, match=r"whole-word masking needs the vocabulary beside the shards .*vocab.txt"):
-        Batcher(ShardSet(str(alone)), seed=0, masking=MaskingConfig(whole_word=True))
+        Batcher(ShardSet(str(alone)), seed=0, masking=MaskingConfig(whole_word=True), max_predictions=20)
 
 
 @pytest.mark.parametrize("name", ["../elsewhere.arrow", "/etc/passwd", "sub/shard.arrow", "sub\\shard.arrow", ".", "..",

@@ -33,3 +33,23 @@ def test_a_crash_between_the_renames_is_recovered(tmp_path):
     recover_folder(str(tmp_path / "export"))
     assert (tmp_path / "export" / "weights").read_text() == "old"
     assert not (tmp_path / "export.old").exists()
+
+
+def test_fsync_tree_syncs_every_file_and_every_folder_under_it(tmp_path, monkeypatch):
+    """A new file's entry lives in its folder: the folders are synced with the files' bytes (the real fsync
+    runs; the recorder only notes which path each descriptor names)."""
+    from formats import files
+
+    (tmp_path / "state" / "ranks").mkdir(parents=True)
+    for name in ("state/model.pt", "state/ranks/rank0.json", "client.json"):
+        (tmp_path / name).write_text("x")
+    synced, real_fsync = [], os.fsync
+
+    def recording_fsync(fd):
+        synced.append(os.path.relpath(os.readlink(f"/proc/self/fd/{fd}"), tmp_path))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    files.fsync_tree(str(tmp_path))
+    assert sorted(synced) == sorted([".", "client.json", "state", "state/model.pt", "state/ranks",
+                                     "state/ranks/rank0.json"])

@@ -12,7 +12,8 @@ import pytest
 from formats.errors import FormatError
 from formats.manifest import load_manifest, verify_folder
 from formats.shards import open_shard, shard_tokens
-from pretrain.data import Batcher, MaskingConfig, ShardSet
+from pretrain.config import MaskingConfig
+from pretrain.data import Batcher, ShardSet
 
 
 @pytest.fixture
@@ -124,4 +125,4 @@ def test_a_vocabulary_whose_files_disagree_is_refused(copy, change):
 def test_an_intact_shard_set_passes_and_whole_word_masking_reads_its_checked_vocabulary(shard_root):
     shards = ShardSet(os.path.join(shard_root, "seq128"))
     assert verify_folder(shards.folder) == []
-    Batcher(shards, seed=0, masking=MaskingConfig(whole_word=True))
+    Batcher(shards, seed=0, masking=MaskingConfig(whole_word=True), max_predictions=20)
