@@ -72,8 +72,10 @@ def checkpoint_name(global_step: int) -> str:
 
 
 def read_latest(directory: str) -> str | None:
-    """The name `latest` holds (None without one), checked to be a `step-N` folder name: the name is joined to
-    `directory`, so a `latest` copied from elsewhere must not lead out of it (`../elsewhere`, an absolute path)."""
+    """The path of the checkpoint `latest` names (None without a `latest`): the one reading of it. The name must be
+    a `step-N` folder beside it, since it is joined to `directory` (a `latest` copied from elsewhere must not lead
+    out of it: `../elsewhere`, an absolute path), and that folder a complete checkpoint; otherwise a
+    `CheckpointError`, which a resume reports before taking the newest complete one and an export stops on."""
     pointer = os.path.join(directory, LATEST_FILE)
     if not os.path.isfile(pointer):
         return None
@@ -83,7 +85,10 @@ def read_latest(directory: str) -> str | None:
         raise CheckpointError(f"{pointer} names {name[:80]!r}, not a step-NNNNNNNN folder beside it; a trainer "
                               "writes only those: restore the file or remove it (the newest complete checkpoint "
                               "is then used)")
-    return name
+    path = os.path.join(directory, name)
+    if not os.path.isdir(os.path.join(path, TAG)):
+        raise CheckpointError(f"{pointer} names {name}, which is not a complete checkpoint")
+    return path
 
 
 def lock_run_folder(directory: str) -> None:
@@ -234,33 +239,22 @@ class Checkpointer:
         return sorted(n for n in os.listdir(self.directory)
                       if n.startswith(PREFIX) and os.path.isdir(os.path.join(self.directory, n, TAG)))
 
-    def candidates(self) -> list[str]:
-        """Complete checkpoints, the one `latest` names first, then the others newest first."""
-        names = self.complete()[::-1]
-        try:
-            name = read_latest(self.directory)
-        except CheckpointError:  # `usable` reports it; the complete checkpoints beside it stand
-            name = None
-        if name is not None:
-            if name in names:
-                names.remove(name)
-                names.insert(0, name)
-        return [os.path.join(self.directory, name) for name in names]
-
     def usable(self) -> tuple[str | None, list[str]]:
-        """The newest checkpoint whose files match their record (sizes and sha256), and a line for each newer
-        one that did not. Rank 0 reads the files and tells every rank (collective)."""
+        """The newest checkpoint whose files match their record (sizes and sha256), the one `latest` names first,
+        and a line for each one tried before it, or for a `latest` that could not be followed. Rank 0 reads the
+        files and tells every rank (collective)."""
         choice, problems = None, []
         if self.rank == 0:
-            pointer = os.path.join(self.directory, LATEST_FILE)
             try:
                 named = read_latest(self.directory)
-            except CheckpointError as error:
+            except CheckpointError as error:  # the complete checkpoints beside it stand
                 named = None
                 problems.append(str(error))
-            if named is not None and not os.path.isdir(os.path.join(self.directory, named, TAG)):
-                problems.append(f"{pointer} names {named}, which is not a complete checkpoint")
-            for path in self.candidates():
+            order = [os.path.join(self.directory, name) for name in self.complete()[::-1]]  # newest first
+            if named is not None:  # complete (`read_latest` checked it), so among them: moved to the front
+                order.remove(named)
+                order.insert(0, named)
+            for path in order:
                 problem = damage(path)
                 if problem is None:
                     choice = path
@@ -365,12 +359,10 @@ def is_checkpoint(path: str) -> bool:
 
 
 def read_trained_model(path: str) -> tuple[dict, dict, str | None, str | None]:
-    """The weights, model config, vocabulary folder and vocabulary sha256 of a checkpoint (None for a checkpoint
-    of an earlier version), without DeepSpeed or a process group: `path` is a checkpoint dir (its `latest` is read)
+    """The weights, model config, vocabulary folder and vocabulary sha256 of a checkpoint (None where its version
+    did not record them), without DeepSpeed or a process group: `path` is a checkpoint dir (its `latest` is read)
     or one `step-N/` folder."""
-    named = read_latest(path)
-    if named is not None:
-        path = os.path.join(path, named)
+    path = read_latest(path) or path
     states_path = os.path.join(path, TAG, MODEL_STATES_FILE)
     if not os.path.isfile(states_path):
         raise CheckpointError(f"--checkpoint {path}: no complete checkpoint there ({TAG}/{MODEL_STATES_FILE})")
