@@ -45,6 +45,7 @@ from formats.errors import UserError, one_line, refused_pickle
 from formats.files import DISK_FULL_ERRNOS, atomic_write_bytes, file_sha256, fsync_tree, replace_folder
 from formats.locks import lock_folder
 
+from .checkpoint_schema import ClientState, read_client_state
 from .config import CheckpointConfig
 from .distributed import lost_a_peer
 
@@ -53,10 +54,6 @@ TAG = "state"
 PREFIX = "step-"
 FILES_RECORD = "files.json"  # every file of the checkpoint with its size and sha256, written last
 MODEL_STATES_FILE = "mp_rank_00_model_states.pt"  # DeepSpeed's name for the weights (and, ZeRO 0, LAMB's state)
-# keys of the client state the trainer stores beside DeepSpeed's, that readers of a checkpoint use
-MODEL_CONFIG_KEY = "model_config"
-VOCAB_DIR_KEY = "vocab_dir"
-VOCAB_SHA256_KEY = "vocab_sha256"  # the tokenizer.json the shards were made with (absent before this version)
 
 
 class CheckpointError(UserError):
@@ -266,7 +263,7 @@ class Checkpointer:
             choice, problems = answer
         return choice, problems
 
-    def save(self, engine, global_step: int, client_state: dict) -> str:
+    def save(self, engine, global_step: int, client_state: ClientState) -> str:
         """Collective: every rank calls it with the same step."""
         name = checkpoint_name(global_step)
         final = os.path.join(self.directory, name)
@@ -277,7 +274,7 @@ class Checkpointer:
             dist.barrier()
         use_safe_checkpoint_engine(engine)
         with self._write_failures(tmp, final):
-            engine.save_checkpoint(tmp, tag=TAG, client_state=client_state, save_latest=False)
+            engine.save_checkpoint(tmp, tag=TAG, client_state=client_state.to_saved(), save_latest=False)
             os.makedirs(os.path.join(tmp, TAG), exist_ok=True)
             save_rng_state(rng_file(tmp, self.rank))
         if dist.is_initialized():
@@ -312,12 +309,12 @@ class Checkpointer:
                 f"checkpoint is kept as {os.path.join(self.directory, LATEST_FILE)} names it: free space in "
                 f"{self.directory} and rerun the same command to resume") from None
 
-    def load(self, engine, path: str) -> dict:
+    def load(self, engine, path: str) -> ClientState:
         use_safe_checkpoint_engine(engine)
         _, client_state = engine.load_checkpoint(path, tag=TAG)
         if os.path.isfile(rng_file(path, self.rank)):  # a rank the saving run did not have keeps its seed
             load_rng_state(rng_file(path, self.rank))
-        return client_state
+        return read_client_state(client_state, os.path.join(path, TAG, MODEL_STATES_FILE))
 
 
 def record_files(folder: str) -> None:
@@ -370,4 +367,8 @@ def read_trained_model(path: str) -> tuple[dict, dict, str | None, str | None]:
     if problem:
         raise CheckpointError(f"--checkpoint {path}: damaged ({problem}); export another step-N/ of it")
     states = load_tensors(states_path, "cpu", remedy="; export another step-N/ of it, or get it again")
-    return states["module"], states[MODEL_CONFIG_KEY], states.get(VOCAB_DIR_KEY), states.get(VOCAB_SHA256_KEY)
+    client = read_client_state(states, states_path)
+    if client.model_config is None:
+        raise CheckpointError(f"--checkpoint {path}: saved by the first trainer, which did not record the model's "
+                              "config; export a checkpoint of a later run")
+    return states["module"], client.model_config, client.vocab_dir, client.vocab_sha256

@@ -37,7 +37,8 @@ from formats.layout import vocab_beside
 from formats.manifest import load_manifest
 from formats.vocabulary import short
 
-from .checkpoint import MODEL_CONFIG_KEY, VOCAB_DIR_KEY, VOCAB_SHA256_KEY, Checkpointer, CheckpointError
+from .checkpoint import Checkpointer, CheckpointError
+from .checkpoint_schema import ClientState
 from .config import RunConfig, RunConfigError, deepspeed_config, gradient_accumulation, resume_changes
 from .data import Batcher, MaskingConfig, MicroBatches, ShardSet, step_loader
 from .distributed import (
@@ -78,13 +79,11 @@ class TrainerState:
     skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient, over all phases
     consecutive_skips: int = 0  # of those, in a row up to now
 
-    OPTIONAL = ("skipped_steps", "consecutive_skips")  # absent from checkpoints of earlier versions
-
     def state_dict(self) -> dict:
         return asdict(self)
 
     def load_state_dict(self, values: dict) -> None:
-        values = {**{key: 0 for key in self.OPTIONAL}, **values}
+        """`values` as `checkpoint_schema.read_client_state` upgraded them: every counter is there."""
         for key in asdict(self):
             if key not in values or not isinstance(values[key], int) or values[key] < 0:
                 raise RunConfigError(f"checkpoint: trainer state has a bad {key!r}: {values.get(key)!r}")
@@ -237,18 +236,18 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------------
 
-    def client_state(self) -> dict:
-        return {
-            "trainer": self.state.state_dict(),
-            "config": self.config.to_dict(),
-            MODEL_CONFIG_KEY: self.model.config.to_dict(),
-            VOCAB_DIR_KEY: vocab_beside(self.config.phases[0].shards),
-            VOCAB_SHA256_KEY: self.batchers[0].shards.vocab_sha256,  # what an export's tokenizer files must be
-            "shards": [b.shards.fingerprint for b in self.batchers],
-            "world_size": self.world_size,
-            "loss_scale": self.loss_scale.state_dict() if self.loss_scale else None,
-            "logging_runs": self.metrics.run_ids,  # a resumed run continues the same W&B / MLflow runs
-        }
+    def client_state(self) -> ClientState:
+        return ClientState(
+            trainer=self.state.state_dict(),
+            config=self.config.to_dict(),
+            model_config=self.model.config.to_dict(),
+            vocab_dir=vocab_beside(self.config.phases[0].shards),
+            vocab_sha256=self.batchers[0].shards.vocab_sha256,  # what an export's tokenizer files must be
+            shards=[b.shards.fingerprint for b in self.batchers],
+            world_size=self.world_size,
+            loss_scale=self.loss_scale.state_dict() if self.loss_scale else None,
+            logging_runs=self.metrics.run_ids,
+        )
 
     def save(self) -> None:
         finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
@@ -270,27 +269,27 @@ class Trainer:
                                       "move the damaged ones away to start over, or restore them")
             return
         client = self.checkpointer.load(self.engine, path)
-        allowed, refused = resume_changes(client["config"], self.config.to_dict())
+        allowed, refused = resume_changes(client.config, self.config.to_dict())
         if refused:
             raise RunConfigError(
                 f"{path} was saved by a run with other settings ({'; '.join(refused)}); a resume continues that "
                 f"run: restore them, or start a new run from its weights with init_from = \"{path}\" and "
                 "another checkpoint.dir")
-        self.state.load_state_dict(client["trainer"])
-        if self.loss_scale and client.get("loss_scale"):
-            self.loss_scale.load_state_dict(client["loss_scale"])
-        self.resumed_run_ids = client.get("logging_runs") or {}  # absent from checkpoints of earlier versions
-        trained_with, current = client.get(VOCAB_SHA256_KEY), self.batchers[0].shards.vocab_sha256  # None: earlier
+        self.state.load_state_dict(client.trainer)
+        if self.loss_scale and client.loss_scale:  # None: saved by a run that was not fp16
+            self.loss_scale.load_state_dict(client.loss_scale)
+        self.resumed_run_ids = client.logging_runs
+        trained_with, current = client.vocab_sha256, self.batchers[0].shards.vocab_sha256  # None: not recorded
         if trained_with is not None and trained_with != current:
             raise RunConfigError(f"{path}: trained with the vocabulary of sha256 {short(trained_with)}, "
                                  f"phases.0.shards was made with {short(current)}; resume on shards made with the "
                                  "checkpoint's vocabulary, or use a new checkpoint.dir")
-        if client["shards"][: len(self.batchers)] != [b.shards.fingerprint for b in self.batchers]:
+        if client.shards[: len(self.batchers)] != [b.shards.fingerprint for b in self.batchers]:
             raise RunConfigError(f"{path}: was trained on other shards than the config names; "
                                  "use the same shard sets or a new checkpoint.dir")
         changes = allowed
-        if client["world_size"] != self.world_size:
-            changes.append(f"world size {client['world_size']} -> {self.world_size} (accumulation recomputed)")
+        if client.world_size != self.world_size:
+            changes.append(f"world size {client.world_size} -> {self.world_size} (accumulation recomputed)")
         self.metrics.line(f"resumed from {path} at global step {self.state.global_step} "
                       f"(phase {self.state.phase_index}, step {self.state.step_in_phase})"
                       + (f"; changed: {', '.join(changes)}" if changes else ""))
