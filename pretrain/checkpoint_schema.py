@@ -44,7 +44,8 @@ class ClientState:
 
 def skip_counters_start_at_zero(saved: dict) -> None:
     """Saved before non-finite steps were counted: none had been skipped."""
-    saved["trainer"] = {"skipped_steps": 0, "consecutive_skips": 0, **saved["trainer"]}
+    if isinstance(saved.get("trainer"), dict):  # without one, the check of every field reports it
+        saved["trainer"] = {"skipped_steps": 0, "consecutive_skips": 0, **saved["trainer"]}
 
 
 def no_loss_scale_recorded(saved: dict) -> None:

@@ -61,6 +61,7 @@ def test_a_newer_schema_is_refused_in_one_line_naming_the_file():
     (lambda saved: saved.pop("world_size"), r"lacks \['world_size'\]"),  # not an upgrade's field at this version
     (lambda saved: saved.update(shards="f0"), r"field 'shards' is a str"),
     (lambda saved: saved.update({SCHEMA_KEY: "1"}), r"schema_version '1' is not a version number"),
+    (lambda saved: [saved.pop(SCHEMA_KEY), saved.pop("trainer")], r"client state of schema 0 lacks \['trainer'\]"),
 ])
 def test_a_current_client_state_missing_or_malformed_is_one_line(change, message):
     saved = current_state().to_saved()
