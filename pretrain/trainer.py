@@ -442,7 +442,8 @@ class Trainer:
             sums.mlm_correct += (output.mlm_accuracy * output.num_masked).double()
             sums.sop_sum += sop_sum.double()
             sums.sop_correct += (output.sop_accuracy * batch_size).double()
-        sums.gradient_norm_squared = self.optimizer.gradient_norm().double().square()  # the last backward
+        # the last backward all-reduced the gradients: the norm is the same on every rank
+        sums.gradient_norm_squared = self.optimizer.gradient_norm().double().square()
         sums.masked, sums.tokens, sums.squared_lengths = masked, float(lengths.sum()), float(lengths.square().sum())
         # read at the end of the step, so a signal that arrived during it is acted on now
         sums.preempt, sums.save_due = float(self.preemption.requested), float(self.checkpointer.clock_due())
