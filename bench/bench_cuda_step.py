@@ -254,7 +254,7 @@ def trainer_check(ctx, preset: str, steps: int, global_batch: int, micro_batch: 
         with SyncRecorder(enabled=device.type == "cuda") as syncs:
             metrics = original(micro_batches, phase, accumulation)
         recorded.append(syncs.found)
-        losses.append(metrics["loss"])
+        losses.append(metrics.scalars.loss)
         return metrics
 
     trainer.train_step = train_step
@@ -316,9 +316,9 @@ def trainer_steps(ctx, preset: str, batch: int, seq_len: int, warmup: int, steps
     trainer.close()
     measured = timed[warmup:]
     seconds = statistics.median(t for t, _ in measured)
-    flops = statistics.mean(step_flops(trainer.model.config, m["reduced"]["tokens"], m["reduced"]["squared_lengths"],
-                                       batch, m["reduced"]["masked"]) for _, m in measured)
-    waits = [m.get("data_wait_s", 0.0) for _, m in measured]
+    flops = statistics.mean(step_flops(trainer.model.config, m.sums.tokens, m.sums.squared_lengths, batch,
+                                       m.sums.masked) for _, m in measured)
+    waits = [m.scalars.data_wait_s or 0.0 for _, m in measured]
     figures = {"median_s": seconds, "samples_per_s": batch / seconds, "flops_per_step": flops,
                "data_wait_s_median": statistics.median(waits), "precision": trainer.precision,
                "times_s": [t for t, _ in measured], "peak_gib": peak_gib(device)}

@@ -45,6 +45,7 @@ from formats.errors import UserError, one_line, refused_pickle
 from formats.files import DISK_FULL_ERRNOS, atomic_write_bytes, file_sha256, fsync_tree, replace_folder
 from formats.locks import lock_folder
 
+from .checkpoint_schema import ClientState, read_client_state
 from .config import CheckpointConfig
 from .distributed import lost_a_peer
 
@@ -53,10 +54,6 @@ TAG = "state"
 PREFIX = "step-"
 FILES_RECORD = "files.json"  # every file of the checkpoint with its size and sha256, written last
 MODEL_STATES_FILE = "mp_rank_00_model_states.pt"  # DeepSpeed's name for the weights (and, ZeRO 0, LAMB's state)
-# keys of the client state the trainer stores beside DeepSpeed's, that readers of a checkpoint use
-MODEL_CONFIG_KEY = "model_config"
-VOCAB_DIR_KEY = "vocab_dir"
-VOCAB_SHA256_KEY = "vocab_sha256"  # the tokenizer.json the shards were made with (absent before this version)
 
 
 class CheckpointError(UserError):
@@ -72,8 +69,10 @@ def checkpoint_name(global_step: int) -> str:
 
 
 def read_latest(directory: str) -> str | None:
-    """The name `latest` holds (None without one), checked to be a `step-N` folder name: the name is joined to
-    `directory`, so a `latest` copied from elsewhere must not lead out of it (`../elsewhere`, an absolute path)."""
+    """The path of the checkpoint `latest` names (None without a `latest`): the one reading of it. The name must be
+    a `step-N` folder beside it, since it is joined to `directory` (a `latest` copied from elsewhere must not lead
+    out of it: `../elsewhere`, an absolute path), and that folder a complete checkpoint; otherwise a
+    `CheckpointError`, which a resume reports before taking the newest complete one and an export stops on."""
     pointer = os.path.join(directory, LATEST_FILE)
     if not os.path.isfile(pointer):
         return None
@@ -83,7 +82,10 @@ def read_latest(directory: str) -> str | None:
         raise CheckpointError(f"{pointer} names {name[:80]!r}, not a step-NNNNNNNN folder beside it; a trainer "
                               "writes only those: restore the file or remove it (the newest complete checkpoint "
                               "is then used)")
-    return name
+    path = os.path.join(directory, name)
+    if not os.path.isdir(os.path.join(path, TAG)):
+        raise CheckpointError(f"{pointer} names {name}, which is not a complete checkpoint")
+    return path
 
 
 def lock_run_folder(directory: str) -> None:
@@ -234,33 +236,22 @@ class Checkpointer:
         return sorted(n for n in os.listdir(self.directory)
                       if n.startswith(PREFIX) and os.path.isdir(os.path.join(self.directory, n, TAG)))
 
-    def candidates(self) -> list[str]:
-        """Complete checkpoints, the one `latest` names first, then the others newest first."""
-        names = self.complete()[::-1]
-        try:
-            name = read_latest(self.directory)
-        except CheckpointError:  # `usable` reports it; the complete checkpoints beside it stand
-            name = None
-        if name is not None:
-            if name in names:
-                names.remove(name)
-                names.insert(0, name)
-        return [os.path.join(self.directory, name) for name in names]
-
     def usable(self) -> tuple[str | None, list[str]]:
-        """The newest checkpoint whose files match their record (sizes and sha256), and a line for each newer
-        one that did not. Rank 0 reads the files and tells every rank (collective)."""
+        """The newest checkpoint whose files match their record (sizes and sha256), the one `latest` names first,
+        and a line for each one tried before it, or for a `latest` that could not be followed. Rank 0 reads the
+        files and tells every rank (collective)."""
         choice, problems = None, []
         if self.rank == 0:
-            pointer = os.path.join(self.directory, LATEST_FILE)
             try:
                 named = read_latest(self.directory)
-            except CheckpointError as error:
+            except CheckpointError as error:  # the complete checkpoints beside it stand
                 named = None
                 problems.append(str(error))
-            if named is not None and not os.path.isdir(os.path.join(self.directory, named, TAG)):
-                problems.append(f"{pointer} names {named}, which is not a complete checkpoint")
-            for path in self.candidates():
+            order = [os.path.join(self.directory, name) for name in self.complete()[::-1]]  # newest first
+            if named is not None:  # complete (`read_latest` checked it), so among them: moved to the front
+                order.remove(named)
+                order.insert(0, named)
+            for path in order:
                 problem = damage(path)
                 if problem is None:
                     choice = path
@@ -272,7 +263,7 @@ class Checkpointer:
             choice, problems = answer
         return choice, problems
 
-    def save(self, engine, global_step: int, client_state: dict) -> str:
+    def save(self, engine, global_step: int, client_state: ClientState) -> str:
         """Collective: every rank calls it with the same step."""
         name = checkpoint_name(global_step)
         final = os.path.join(self.directory, name)
@@ -283,7 +274,7 @@ class Checkpointer:
             dist.barrier()
         use_safe_checkpoint_engine(engine)
         with self._write_failures(tmp, final):
-            engine.save_checkpoint(tmp, tag=TAG, client_state=client_state, save_latest=False)
+            engine.save_checkpoint(tmp, tag=TAG, client_state=client_state.to_saved(), save_latest=False)
             os.makedirs(os.path.join(tmp, TAG), exist_ok=True)
             save_rng_state(rng_file(tmp, self.rank))
         if dist.is_initialized():
@@ -318,12 +309,12 @@ class Checkpointer:
                 f"checkpoint is kept as {os.path.join(self.directory, LATEST_FILE)} names it: free space in "
                 f"{self.directory} and rerun the same command to resume") from None
 
-    def load(self, engine, path: str) -> dict:
+    def load(self, engine, path: str) -> ClientState:
         use_safe_checkpoint_engine(engine)
         _, client_state = engine.load_checkpoint(path, tag=TAG)
         if os.path.isfile(rng_file(path, self.rank)):  # a rank the saving run did not have keeps its seed
             load_rng_state(rng_file(path, self.rank))
-        return client_state
+        return read_client_state(client_state, os.path.join(path, TAG, MODEL_STATES_FILE))
 
 
 def record_files(folder: str) -> None:
@@ -365,12 +356,10 @@ def is_checkpoint(path: str) -> bool:
 
 
 def read_trained_model(path: str) -> tuple[dict, dict, str | None, str | None]:
-    """The weights, model config, vocabulary folder and vocabulary sha256 of a checkpoint (None for a checkpoint
-    of an earlier version), without DeepSpeed or a process group: `path` is a checkpoint dir (its `latest` is read)
+    """The weights, model config, vocabulary folder and vocabulary sha256 of a checkpoint (None where its version
+    did not record them), without DeepSpeed or a process group: `path` is a checkpoint dir (its `latest` is read)
     or one `step-N/` folder."""
-    named = read_latest(path)
-    if named is not None:
-        path = os.path.join(path, named)
+    path = read_latest(path) or path
     states_path = os.path.join(path, TAG, MODEL_STATES_FILE)
     if not os.path.isfile(states_path):
         raise CheckpointError(f"--checkpoint {path}: no complete checkpoint there ({TAG}/{MODEL_STATES_FILE})")
@@ -378,4 +367,8 @@ def read_trained_model(path: str) -> tuple[dict, dict, str | None, str | None]:
     if problem:
         raise CheckpointError(f"--checkpoint {path}: damaged ({problem}); export another step-N/ of it")
     states = load_tensors(states_path, "cpu", remedy="; export another step-N/ of it, or get it again")
-    return states["module"], states[MODEL_CONFIG_KEY], states.get(VOCAB_DIR_KEY), states.get(VOCAB_SHA256_KEY)
+    client = read_client_state(states, states_path)
+    if client.model_config is None:
+        raise CheckpointError(f"--checkpoint {path}: saved by the first trainer, which did not record the model's "
+                              "config; export a checkpoint of a later run")
+    return states["module"], client.model_config, client.vocab_dir, client.vocab_sha256

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import sys
 import time
+from dataclasses import dataclass, field, fields
 
 from formats.errors import one_line
 
@@ -18,9 +19,43 @@ from .config import LoggingConfig
 from .distributed import on_rank0
 from .log_backends import open_backends
 from .model import ModelConfig, step_flops
+from .step_sums import StepSums
 
-# step values that are decisions for the loop, not scalars to log
-NOT_LOGGED = ("skipped", "overflow_only", "preempt", "save_due", "reduced")
+
+def logged(group: str):
+    """A step figure logged under the tag `<group>/<field name>`; None (its default) is not logged."""
+    return field(default=None, metadata={"group": group})
+
+
+@dataclass
+class StepScalars:
+    """One optimizer step's logged figures, each under the tag its field states: `train/` what training says of
+    the model (losses, accuracies, the gradient norm, the loss scale, skipped steps), `progress/` how the run goes.
+    A field left None is not logged: no SOP head, no fp16 loss scale, no peak FLOP/s given. The trainer fills the
+    step's figures, `Metrics.step` the throughput; the backends get them in declaration order."""
+    loss: float | None = logged("train")
+    mlm_loss: float | None = logged("train")
+    sop_loss: float | None = logged("train")
+    mlm_accuracy: float | None = logged("train")
+    sop_accuracy: float | None = logged("train")
+    grad_norm: float | None = logged("train")
+    loss_scale: float | None = logged("train")
+    data_wait_s: float | None = logged("progress")  # waiting on the loader (0 when it keeps ahead)
+    compute_s: float | None = logged("progress")  # the step itself
+    skipped_steps: int | None = logged("train")
+    lr: float | None = logged("progress")  # as the optimizer held it, so the schedule's test reads what was applied
+    phase: int | None = logged("progress")
+    samples_per_s: float | None = logged("progress")
+    flops_per_s: float | None = logged("progress")
+    tokens_per_s: float | None = logged("progress")
+    step_in_phase: int | None = logged("progress")
+    accumulation: int | None = logged("progress")
+    mfu: float | None = logged("progress")
+
+    def tags(self) -> dict:
+        """{tag: value} of the figures set."""
+        return {f"{slot.metadata['group']}/{slot.name}": getattr(self, slot.name) for slot in fields(self)
+                if getattr(self, slot.name) is not None}
 
 
 class Metrics:
@@ -65,37 +100,34 @@ class Metrics:
         self.start_time, self.start_step = time.monotonic(), step_in_phase
         self.phase_flops = 0.0
 
-    def step(self, metrics: dict, state, lr: float, accumulation: int) -> None:
-        """One optimizer step's figures: throughput and MFU added, then logged (rank 0)."""
-        reduced, phase = metrics["reduced"], self.phase
-        self.phase_flops += step_flops(self.model_config, reduced["tokens"], reduced["squared_lengths"],
-                                       phase.global_batch, reduced["masked"])
+    def step(self, sums: StepSums, scalars: StepScalars, state, lr: float, accumulation: int) -> None:
+        """One optimizer step's figures (`sums`: the step's all-reduced sums): throughput and MFU added to
+        `scalars`, then logged (rank 0)."""
+        phase = self.phase
+        self.phase_flops += step_flops(self.model_config, sums.tokens, sums.squared_lengths, phase.global_batch,
+                                       sums.masked)
         if self.rank != 0:
             return
         elapsed = time.monotonic() - self.start_time
         samples_per_s = (state.step_in_phase - self.start_step) * phase.global_batch / max(elapsed, 1e-9)
         flops_per_s = self.phase_flops / max(elapsed, 1e-9)
-        scalars = {key: value for key, value in metrics.items() if key not in NOT_LOGGED}
-        scalars.update(lr=lr, phase=state.phase_index, samples_per_s=samples_per_s, flops_per_s=flops_per_s,
-                       tokens_per_s=samples_per_s * reduced["tokens"] / phase.global_batch,
-                       step_in_phase=state.step_in_phase, accumulation=accumulation)
+        scalars.lr, scalars.phase, scalars.samples_per_s, scalars.flops_per_s = \
+            lr, state.phase_index, samples_per_s, flops_per_s
+        scalars.tokens_per_s = samples_per_s * sums.tokens / phase.global_batch
+        scalars.step_in_phase, scalars.accumulation = state.step_in_phase, accumulation
         if self.config.peak_flops_per_device:
-            scalars["mfu"] = flops_per_s / (self.config.peak_flops_per_device * self.world_size)
-        tags = {}
-        for key, value in scalars.items():
-            trained = "loss" in key or "accuracy" in key or key in ("grad_norm", "skipped_steps")
-            tags[f"{'train' if trained else 'progress'}/{key}"] = value
-        self.write(tags, state.global_step)
+            scalars.mfu = flops_per_s / (self.config.peak_flops_per_device * self.world_size)
+        self.write(scalars.tags(), state.global_step)
         if state.step_in_phase % self.config.every_steps == 0 or state.step_in_phase == phase.steps:
             done = state.step_in_phase - self.start_step
             eta = elapsed / max(done, 1) * (phase.steps - state.step_in_phase)
             self.line(
-                f"{phase.name} step {state.step_in_phase}/{phase.steps} loss {scalars['loss']:.4f} "
-                f"(mlm {scalars['mlm_loss']:.4f}"
-                + (f", sop {scalars['sop_loss']:.4f}" if "sop_loss" in scalars else "") + f") lr {lr:.3e} "
-                f"grad_norm {scalars['grad_norm']:.3f} {samples_per_s:.1f} samples/s "
-                f"skipped {scalars['skipped_steps']}"
-                + (f" loss_scale {scalars['loss_scale']:g}" if "loss_scale" in scalars else "")
+                f"{phase.name} step {state.step_in_phase}/{phase.steps} loss {scalars.loss:.4f} "
+                f"(mlm {scalars.mlm_loss:.4f}"
+                + (f", sop {scalars.sop_loss:.4f}" if scalars.sop_loss is not None else "") + f") lr {lr:.3e} "
+                f"grad_norm {scalars.grad_norm:.3f} {samples_per_s:.1f} samples/s "
+                f"skipped {scalars.skipped_steps}"
+                + (f" loss_scale {scalars.loss_scale:g}" if scalars.loss_scale is not None else "")
                 + f" ETA {datetime.timedelta(seconds=round(eta))}"
             )
             for backend in self.backends:

@@ -37,7 +37,8 @@ from formats.layout import vocab_beside
 from formats.manifest import load_manifest
 from formats.vocabulary import short
 
-from .checkpoint import MODEL_CONFIG_KEY, VOCAB_DIR_KEY, VOCAB_SHA256_KEY, Checkpointer, CheckpointError
+from .checkpoint import Checkpointer, CheckpointError
+from .checkpoint_schema import ClientState
 from .config import RunConfig, RunConfigError, deepspeed_config, gradient_accumulation, resume_changes
 from .data import Batcher, MicroBatches, ShardSet, step_loader
 from .distributed import (
@@ -52,21 +53,27 @@ from .distributed import (
     write_status,
 )
 from .log_backends import check as check_log_backends
-from .metrics import Metrics
+from .metrics import Metrics, StepScalars
 from .model import ModelConfig
 from .optim import build_lamb, learning_rate, set_learning_rate
 from .precision import DynamicLossScale, make_deterministic, resolve_on_every_rank
 from .pretraining_model import SqueezeBertForPretraining
+from .step_sums import StepSums
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: saved after SIGTERM/SIGUSR1; requeue and rerun the same command
-
-# What one step all-reduces, in this order: sums the device computed, then what the host knows.
-DEVICE_SUMS = ("mlm_sum", "mlm_correct", "sop_sum", "sop_correct")
-HOST_SUMS = ("masked", "tokens", "squared_lengths", "preempt", "save_due")
 
 
 class TrainingDiverged(Exception):
     """The loss or the gradients stayed non-finite, or the parameters became so; the message names the step."""
+
+
+@dataclass
+class StepResult:
+    """What a step hands the loop: its all-reduced sums, the decisions every rank takes alike, the logged figures."""
+    sums: StepSums
+    scalars: StepScalars
+    skipped: bool  # the loss or the gradient norm was not finite on some rank: nothing was updated
+    overflow_only: bool  # fp16: skipped only because the gradients overflowed, which the loss scale handles
 
 
 @dataclass
@@ -78,13 +85,11 @@ class TrainerState:
     skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient, over all phases
     consecutive_skips: int = 0  # of those, in a row up to now
 
-    OPTIONAL = ("skipped_steps", "consecutive_skips")  # absent from checkpoints of earlier versions
-
     def state_dict(self) -> dict:
         return asdict(self)
 
     def load_state_dict(self, values: dict) -> None:
-        values = {**{key: 0 for key in self.OPTIONAL}, **values}
+        """`values` as `checkpoint_schema.read_client_state` upgraded them: every counter is there."""
         for key in asdict(self):
             if key not in values or not isinstance(values[key], int) or values[key] < 0:
                 raise RunConfigError(f"checkpoint: trainer state has a bad {key!r}: {values.get(key)!r}")
@@ -233,18 +238,18 @@ class Trainer:
 
     # -- checkpoints -------------------------------------------------------------------------------
 
-    def client_state(self) -> dict:
-        return {
-            "trainer": self.state.state_dict(),
-            "config": self.config.to_dict(),
-            MODEL_CONFIG_KEY: self.model.config.to_dict(),
-            VOCAB_DIR_KEY: vocab_beside(self.config.phases[0].shards),
-            VOCAB_SHA256_KEY: self.batchers[0].shards.vocab_sha256,  # what an export's tokenizer files must be
-            "shards": [b.shards.fingerprint for b in self.batchers],
-            "world_size": self.world_size,
-            "loss_scale": self.loss_scale.state_dict() if self.loss_scale else None,
-            "logging_runs": self.metrics.run_ids,  # a resumed run continues the same W&B / MLflow runs
-        }
+    def client_state(self) -> ClientState:
+        return ClientState(
+            trainer=self.state.state_dict(),
+            config=self.config.to_dict(),
+            model_config=self.model.config.to_dict(),
+            vocab_dir=vocab_beside(self.config.phases[0].shards),
+            vocab_sha256=self.batchers[0].shards.vocab_sha256,  # what an export's tokenizer files must be
+            shards=[b.shards.fingerprint for b in self.batchers],
+            world_size=self.world_size,
+            loss_scale=self.loss_scale.state_dict() if self.loss_scale else None,
+            logging_runs=self.metrics.run_ids,
+        )
 
     def save(self) -> None:
         finite = torch.stack([torch.isfinite(p).all() for p in self.model.parameters()]).all()
@@ -266,27 +271,27 @@ class Trainer:
                                       "move the damaged ones away to start over, or restore them")
             return
         client = self.checkpointer.load(self.engine, path)
-        allowed, refused = resume_changes(client["config"], self.config.to_dict())
+        allowed, refused = resume_changes(client.config, self.config.to_dict())
         if refused:
             raise RunConfigError(
                 f"{path} was saved by a run with other settings ({'; '.join(refused)}); a resume continues that "
                 f"run: restore them, or start a new run from its weights with init_from = \"{path}\" and "
                 "another checkpoint.dir")
-        self.state.load_state_dict(client["trainer"])
-        if self.loss_scale and client.get("loss_scale"):
-            self.loss_scale.load_state_dict(client["loss_scale"])
-        self.resumed_run_ids = client.get("logging_runs") or {}  # absent from checkpoints of earlier versions
-        trained_with, current = client.get(VOCAB_SHA256_KEY), self.batchers[0].shards.vocab_sha256  # None: earlier
+        self.state.load_state_dict(client.trainer)
+        if self.loss_scale and client.loss_scale:  # None: saved by a run that was not fp16
+            self.loss_scale.load_state_dict(client.loss_scale)
+        self.resumed_run_ids = client.logging_runs
+        trained_with, current = client.vocab_sha256, self.batchers[0].shards.vocab_sha256  # None: not recorded
         if trained_with is not None and trained_with != current:
             raise RunConfigError(f"{path}: trained with the vocabulary of sha256 {short(trained_with)}, "
                                  f"phases.0.shards was made with {short(current)}; resume on shards made with the "
                                  "checkpoint's vocabulary, or use a new checkpoint.dir")
-        if client["shards"][: len(self.batchers)] != [b.shards.fingerprint for b in self.batchers]:
+        if client.shards[: len(self.batchers)] != [b.shards.fingerprint for b in self.batchers]:
             raise RunConfigError(f"{path}: was trained on other shards than the config names; "
                                  "use the same shard sets or a new checkpoint.dir")
         changes = allowed
-        if client["world_size"] != self.world_size:
-            changes.append(f"world size {client['world_size']} -> {self.world_size} (accumulation recomputed)")
+        if client.world_size != self.world_size:
+            changes.append(f"world size {client.world_size} -> {self.world_size} (accumulation recomputed)")
         self.metrics.line(f"resumed from {path} at global step {self.state.global_step} "
                       f"(phase {self.state.phase_index}, step {self.state.step_in_phase})"
                       + (f"; changed: {', '.join(changes)}" if changes else ""))
@@ -362,39 +367,40 @@ class Trainer:
             waited = time.perf_counter()
             micro_batches = next(steps)  # built ahead by the loader's workers
             computed = time.perf_counter()
-            metrics = self.train_step(micro_batches, phase, accumulation)
+            result = self.train_step(micro_batches, phase, accumulation)
             # Where a step's time goes: waiting on the loader (0 when it keeps ahead) and the step itself.
-            metrics.update(data_wait_s=computed - waited, compute_s=time.perf_counter() - computed)
+            result.scalars.data_wait_s, result.scalars.compute_s = computed - waited, time.perf_counter() - computed
             self.state.step_in_phase += 1
             self.state.global_step += 1
             self.state.consumed_samples += phase.global_batch
-            self.count_skip(metrics)
+            self.count_skip(result)
             # logged as the optimizer holds it, so the test of the schedule reads what was applied
-            self.metrics.step(metrics, self.state, self.optimizer.param_groups[0]["lr"], accumulation)
+            self.metrics.step(result.sums, result.scalars, self.state, self.optimizer.param_groups[0]["lr"],
+                              accumulation)
             if config.logging.eval_every_steps and self.state.global_step % config.logging.eval_every_steps == 0:
                 self.evaluate(batcher, phase)
             self.steps_this_run += 1
             phase_ended = self.state.step_in_phase == phase.steps
             budget_spent = bool(budget) and self.steps_this_run >= budget and not phase_ended
             stopped_by = None
-            if metrics["preempt"] or budget_spent:
-                stopped_by = "preempted" if metrics["preempt"] else "step budget of this run spent"
-            if stopped_by or self.checkpointer.due(self.state.global_step, phase_ended, metrics["save_due"]):
+            if result.sums.preempted or budget_spent:
+                stopped_by = "preempted" if result.sums.preempted else "step budget of this run spent"
+            if stopped_by or self.checkpointer.due(self.state.global_step, phase_ended, result.sums.save_requested):
                 self.save()
             if stopped_by:
                 return stopped_by
         return None
 
-    def count_skip(self, metrics: dict) -> None:
+    def count_skip(self, result: StepResult) -> None:
         """Counts a skipped step; too many in a row end the run (the last complete checkpoint stands)."""
         state = self.state
-        if metrics["skipped"]:
+        if result.skipped:
             state.skipped_steps += 1
-        if metrics["skipped"] and not metrics["overflow_only"]:
+        if result.skipped and not result.overflow_only:
             state.consecutive_skips += 1
-        elif not metrics["skipped"]:
+        elif not result.skipped:
             state.consecutive_skips = 0
-        metrics["skipped_steps"] = state.skipped_steps
+        result.scalars.skipped_steps = state.skipped_steps
         limit = self.config.optimizer.max_consecutive_skips
         if state.consecutive_skips >= limit:
             raise TrainingDiverged(
@@ -405,7 +411,7 @@ class Trainer:
     def to_device(self, batch: dict) -> dict:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
-    def train_step(self, micro_batches: list[dict], phase, accumulation: int) -> dict:
+    def train_step(self, micro_batches: list[dict], phase, accumulation: int) -> StepResult:
         # What the host knows without asking the device: counts are shapes of the (CPU) batches.
         masked = sum(b["mlm_positions"].numel() for b in micro_batches)
         lengths = torch.cat([b["attention_mask"].sum(1) for b in micro_batches]).double()
@@ -416,7 +422,7 @@ class Trainer:
         loss_scale = self.loss_scale.scale if self.loss_scale else 1.0
         self.optimizer.loss_scale = loss_scale  # LAMB divides it back out of the gradients
         scale = accumulation * self.world_size * loss_scale  # undoes DeepSpeed's 1/accumulation and rank mean
-        sums = torch.zeros(len(DEVICE_SUMS), dtype=torch.float64, device=self.device)
+        sums = StepSums()  # the device's sums start as host zeros and become device tensors at the first add
         for micro_step, batch in enumerate(batches):
             # The boundary is stated, not counted, so a resume or a phase change can never misalign it.
             self.engine.set_gradient_accumulation_boundary(micro_step == accumulation - 1)
@@ -428,18 +434,21 @@ class Trainer:
             batch_size = len(batch["sop_labels"])
             loss, mlm_sum, sop_sum = step_losses(output, batch_size, global_masked, phase.global_batch, scale)
             self.engine.backward(loss)
-            sums += torch.stack([mlm_sum, output.mlm_accuracy * output.num_masked, sop_sum,
-                                 output.sop_accuracy * batch_size]).double()
-        gradient_norm = self.optimizer.gradient_norm()  # the last backward all-reduced the gradients
+            sums.mlm_sum += mlm_sum.double()
+            sums.mlm_correct += (output.mlm_accuracy * output.num_masked).double()
+            sums.sop_sum += sop_sum.double()
+            sums.sop_correct += (output.sop_accuracy * batch_size).double()
+        # the last backward all-reduced the gradients: the norm is the same on every rank
+        sums.gradient_norm_squared = self.optimizer.gradient_norm().double().square()
+        sums.masked, sums.tokens, sums.squared_lengths = masked, float(lengths.sum()), float(lengths.square().sum())
         # read at the end of the step, so a signal that arrived during it is acted on now
-        host = [masked, float(lengths.sum()), float(lengths.square().sum()), float(self.preemption.requested),
-                float(self.checkpointer.clock_due())]
-        reduced = torch.cat([sums, device_vector(host, self.device), gradient_norm.double().square().view(1)])
+        sums.preempt, sums.save_due = float(self.preemption.requested), float(self.checkpointer.clock_due())
+        reduced = sums.pack(self.device)
         if dist.is_initialized():
             dist.all_reduce(reduced)
-        values = dict(zip(DEVICE_SUMS + HOST_SUMS + ("gradient_norm_squared",), reduced.tolist()))  # the read
-        loss_finite = math.isfinite(values["mlm_sum"]) and math.isfinite(values["sop_sum"])
-        gradients_finite = math.isfinite(values["gradient_norm_squared"])
+        sums = StepSums.unpack(reduced.tolist())  # the read
+        loss_finite = math.isfinite(sums.mlm_sum) and math.isfinite(sums.sop_sum)
+        gradients_finite = math.isfinite(sums.gradient_norm_squared)
         finite = loss_finite and gradients_finite
         # fp16: gradients that overflow while the loss is finite are the loss scale's business, not divergence
         overflow_only = bool(self.loss_scale) and loss_finite and self.loss_scale.scale > self.loss_scale.minimum
@@ -447,22 +456,14 @@ class Trainer:
             self.loss_scale.update(finite)
         self.optimizer.overflow = not finite  # LAMB then changes nothing; DeepSpeed counts a skipped step
         self.engine.step()
-        masked_total = max(values["masked"], 1)
-        mlm_loss, sop_loss = values["mlm_sum"] / masked_total, values["sop_sum"] / phase.global_batch
-        metrics = {
-            "loss": mlm_loss + sop_loss, "mlm_loss": mlm_loss, "sop_loss": sop_loss,
-            "mlm_accuracy": values["mlm_correct"] / masked_total,
-            "sop_accuracy": values["sop_correct"] / phase.global_batch,
-            "grad_norm": math.sqrt(values["gradient_norm_squared"] / self.world_size),  # the same on every rank
-            "reduced": values,
-            "skipped": not finite, "overflow_only": not finite and overflow_only,
-            "preempt": values["preempt"] > 0, "save_due": values["save_due"] > 0,
-        }
-        if self.loss_scale:
-            metrics["loss_scale"] = loss_scale
-        if self.model.sop_classifier is None:  # MLM only: no SOP figure is logged
-            del metrics["sop_loss"], metrics["sop_accuracy"]
-        return metrics
+        masked_total = max(sums.masked, 1)
+        mlm_loss, sop_loss = sums.mlm_sum / masked_total, sums.sop_sum / phase.global_batch
+        scalars = StepScalars(loss=mlm_loss + sop_loss, mlm_loss=mlm_loss, mlm_accuracy=sums.mlm_correct / masked_total,
+                              grad_norm=math.sqrt(sums.gradient_norm_squared / self.world_size),  # same on every rank
+                              loss_scale=loss_scale if self.loss_scale else None)
+        if self.model.sop_classifier is not None:  # MLM only: no SOP figure is logged
+            scalars.sop_loss, scalars.sop_accuracy = sop_loss, sums.sop_correct / phase.global_batch
+        return StepResult(sums, scalars, skipped=not finite, overflow_only=not finite and overflow_only)
 
     @torch.no_grad()
     def evaluate(self, batcher: Batcher, phase) -> None:

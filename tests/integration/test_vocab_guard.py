@@ -190,7 +190,7 @@ def earlier_version_checkpoint(workdir, target, vocab_dir=None):
     shutil.copytree(os.path.join(workdir, "checkpoints", "step-00000003"), step)
     states_path = step / "state" / "mp_rank_00_model_states.pt"
     states = torch.load(states_path, map_location="cpu", weights_only=True)
-    del states["vocab_sha256"]
+    del states["vocab_sha256"], states["schema_version"]  # schema 0: written before the version was
     if vocab_dir:
         states["vocab_dir"] = vocab_dir
     torch.save(states, states_path)

@@ -75,8 +75,24 @@ def test_latest_naming_anything_but_a_step_folder_beside_it_is_refused_and_nothi
         read_trained_model(str(checkpoints))  # export and init_from
     # a resume says so and falls back to the complete checkpoints beside it
     checkpointer = Checkpointer(CheckpointConfig(dir=str(checkpoints)), rank=0)
-    assert checkpointer.candidates() == [os.path.join(str(checkpoints), "step-00000003")]
+    choice, problems = checkpointer.usable()
+    assert choice == os.path.join(str(checkpoints), "step-00000003")
+    assert len(problems) == 1 and "not a step-NNNNNNNN folder beside it" in problems[0]
     assert not marker.exists()
+
+
+def test_latest_naming_an_incomplete_checkpoint_is_refused_by_export_and_passed_over_by_resume(tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    (checkpoints / "step-00000003" / "state").mkdir(parents=True)
+    (checkpoints / "step-00000006").mkdir()  # no state/: not complete
+    (checkpoints / "latest").write_text("step-00000006\n")
+    with pytest.raises(CheckpointError, match="names step-00000006, which is not a complete checkpoint"):
+        read_trained_model(str(checkpoints))
+    choice, problems = Checkpointer(CheckpointConfig(dir=str(checkpoints)), rank=0).usable()
+    assert choice == os.path.join(str(checkpoints), "step-00000003")
+    assert problems == [f"{checkpoints / 'latest'} names step-00000006, which is not a complete checkpoint"]
+    (checkpoints / "latest").write_text("step-00000003\n")
+    assert read_latest(str(checkpoints)) == os.path.join(str(checkpoints), "step-00000003")
 
 
 
