@@ -67,11 +67,10 @@ def scalars(workdir, tag):
     return all_scalars(workdir).get(tag, {})
 
 
-@pytest.fixture(scope="module")
-def reference(shard_root, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("reference_run")
-    run(train_command(shard_root), workdir)
-    return str(workdir)
+@pytest.fixture
+def reference(uninterrupted_run):
+    """The session's one uninterrupted tiny run (tests/integration/conftest.py): read it, or copy it first."""
+    return uninterrupted_run
 
 
 def assert_same_run(reference, workdir):
@@ -156,10 +155,10 @@ def assert_two_ranks_match(single, double):
                                                                        "state")) + ["rng-rank00001.safetensors"])
 
 
-def test_two_ranks_under_the_deepspeed_launcher_match_one_process(reference, shard_root, tmp_path):
-    """With dropout on: a micro-batch's dropout depends on its place in the global batch, not on the rank."""
-    run(train_command(shard_root, launcher=with_port(LAUNCHERS["deepspeed"])), tmp_path)
-    assert_two_ranks_match(reference, str(tmp_path))
+def test_two_ranks_under_the_deepspeed_launcher_match_one_process(reference, launcher_references):
+    """With dropout on: a micro-batch's dropout depends on its place in the global batch, not on the rank. The
+    two-rank run is the session's uninterrupted run under `deepspeed` (the SLURM tests' reference too)."""
+    assert_two_ranks_match(reference, launcher_references("deepspeed"))
 
 
 def test_every_checkpoint_stores_the_resolved_config(reference, shard_root):
@@ -251,8 +250,8 @@ def with_port(launcher):
 
 
 @pytest.mark.parametrize("launcher", ["process", "deepspeed", "torchrun"])
-def test_sigterm_to_every_process_of_the_job_saves_and_resumes_exactly(reference, launcher_references, shard_root,
-                                                                        tmp_path, launcher):
+def test_sigterm_to_every_process_of_the_job_saves_and_resumes_exactly(launcher_references, shard_root, tmp_path,
+                                                                        launcher):
     """As SLURM preempts or cancels a job step and as Kubernetes stops a pod: SIGTERM to every process,
     loader workers and launchers included."""
     command = train_command(shard_root, launcher=with_port(LAUNCHERS[launcher]))
@@ -273,7 +272,7 @@ def test_sigterm_to_every_process_of_the_job_saves_and_resumes_exactly(reference
         assert process.returncode == 75
     result = run(train_command(shard_root, launcher=with_port(LAUNCHERS[launcher])), tmp_path)
     assert f"resumed from checkpoints/step-{int(step):08d}" in result.stderr
-    assert_same_run(reference if launcher == "process" else launcher_references(launcher), str(tmp_path))
+    assert_same_run(launcher_references(launcher), str(tmp_path))  # "process": the shared uninterrupted run
 
 
 def damaged_copy(reference, tmp_path, how):
