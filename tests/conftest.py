@@ -63,6 +63,19 @@ def shard_root(tmp_path_factory, small_corpus, vocab_dir):
     return make_shards(tmp_path_factory.mktemp("shards"), small_corpus, vocab_dir)
 
 
+GOLDEN_VOCAB = os.path.join(ASSETS, "golden", "vocab.txt")  # fixed: `data_prep vocab` differs run to run
+
+
+@pytest.fixture(scope="session")
+def golden_shard_root(tmp_path_factory, small_corpus):
+    """Shard sets of the small corpus tokenized with the committed vocabulary tests/assets/golden/vocab.txt
+    (the first 2000 pieces of one trained on it), so what the golden tests pin is the same in every session:
+    the WordPiece trainer (Rust hash maps) breaks ties differently from one run to the next."""
+    out = tmp_path_factory.mktemp("golden_shards")
+    run_cli("vocab", "--import-vocab", GOLDEN_VOCAB, "--out", out / "vocab")
+    return make_shards(out, small_corpus, out / "vocab")
+
+
 @pytest.fixture(scope="session")
 def heldout_shard_root(tmp_path_factory, small_corpus, vocab_dir):
     """The small corpus with 20% of its documents held out: seq128/, seq512/ and their seqN-heldout/ twins."""

@@ -7,9 +7,10 @@ from tests.integration.test_trainer import LAUNCHERS, run, train_command, with_p
 
 @pytest.fixture(scope="session")
 def launcher_references(shard_root, tmp_path_factory):
-    """An uninterrupted run under each launcher, made on first use. The launchers differ in more than the
-    ranks (torchrun sets OMP_NUM_THREADS=1, which changes the CPU kernels' summation order), so each resume
-    is compared bit for bit with a run under its own launcher."""
+    """An uninterrupted run of the tiny config under each launcher, made on first use and shared by every module
+    of the session (nothing may write into it: copy its folders first). The launchers differ in more than the
+    ranks (torchrun sets OMP_NUM_THREADS=1, which changes the CPU kernels' summation order), so each resume is
+    compared bit for bit with a run under its own launcher."""
     runs = {}
 
     def reference_for(launcher):
@@ -19,3 +20,10 @@ def launcher_references(shard_root, tmp_path_factory):
             runs[launcher] = str(workdir)
         return runs[launcher]
     return reference_for
+
+
+@pytest.fixture(scope="session")
+def uninterrupted_run(launcher_references):
+    """The tiny config trained once, uninterrupted, in one plain process (dropout on): the run that resumes,
+    launch forms and restarts on other numbers of ranks are compared with. Trained once per session."""
+    return launcher_references("process")

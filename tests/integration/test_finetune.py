@@ -237,8 +237,10 @@ def test_bad_input_is_one_line_before_any_compute(student, vocab_dir, tmp_path, 
         out = tmp_path / "out"
         code = main(["glue", "--task", "rte", "--model", student, "--out", str(out), *extra])
         err = capsys.readouterr().err
-        assert code == 2 and message in err, (extra, err)
-        assert [line for line in err.splitlines() if line.startswith("finetune: error:")]
+        assert code == 2, (extra, err)
+        # one line, the error's, and nothing else: no traceback, no warning, no progress before it
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("finetune: error:") and message in lines[0], (extra, err)
         assert not out.exists()  # nothing was started
 
     broken = tmp_path / "broken" / "RTE"

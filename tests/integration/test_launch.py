@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.conftest import ROOT
-from tests.integration.test_trainer import final_parameters, run, scalars, train_command, wait_for
+from tests.integration.test_trainer import final_parameters, scalars, train_command, wait_for
 
 LAUNCH = os.path.join(ROOT, "launch")
 CONFIG = os.path.join(ROOT, "configs", "tiny.toml")
@@ -33,13 +33,11 @@ def free_port():
     return random.randint(20000, 45000)
 
 
-@pytest.fixture(scope="module")
-def single(shard_root, tmp_path_factory):
+@pytest.fixture
+def single(uninterrupted_run):
     """One plain process, dropout on: what every launch form must reproduce (dropout follows the micro-batch's
-    place in the global batch, not the rank)."""
-    workdir = tmp_path_factory.mktemp("single")
-    run(train_command(shard_root), workdir)
-    return str(workdir)
+    place in the global batch, not the rank). The session's one uninterrupted run (tests/integration/conftest.py)."""
+    return uninterrupted_run
 
 
 def assert_close_to(single_dir, workdir, tolerance=1e-5):

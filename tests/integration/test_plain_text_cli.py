@@ -47,7 +47,9 @@ def test_wrapped_text_is_read_as_paragraphs_and_fills_examples_as_the_unwrapped_
     # no sentence is cut at a wrap point: the same sentences (within 2%) as the text with one paragraph a line
     sentences = wrapped_run[512]["inputs"]["sentences"], lines_run[512]["inputs"]["sentences"]
     assert abs(sentences[0] - sentences[1]) <= 0.02 * sentences[1], sentences
-    assert fill(wrapped_run[512]) >= 0.9 * fill(lines_run[512]), (fill(wrapped_run[512]), fill(lines_run[512]))
+    # as full as the unwrapped text's (README: 95.7% and 96.1%): within a point, which a sentence cut at every
+    # few wraps (shorter pairs, more padding) would not be
+    assert abs(fill(wrapped_run[512]) - fill(lines_run[512])) < 0.01, (fill(wrapped_run[512]), fill(lines_run[512]))
     # a document is a whole article, so SOP pairs and long examples span its paragraphs; read line by line,
     # every wrapped paragraph was a document of its own and every line a sentence boundary
     assert wrapped_run[512]["inputs"]["documents"] <= 25

@@ -20,7 +20,7 @@ def refusal(pid: int) -> str:
 
 
 def test_a_second_start_is_refused_while_the_first_trains_and_the_first_ends_as_a_run_alone(
-        launcher_references, shard_root, tmp_path):
+        uninterrupted_run, shard_root, tmp_path):
     """The first run is stopped (SIGSTOP) once it has saved a checkpoint, so that the second start meets it
     alive however slow the machine; a stopped process holds its lock as a running one does."""
     command = train_command(shard_root)
@@ -40,10 +40,10 @@ def test_a_second_start_is_refused_while_the_first_trains_and_the_first_ends_as_
     finally:
         first.kill()
         first.wait()
-    assert_same_run(launcher_references("process"), str(tmp_path))
+    assert_same_run(uninterrupted_run, str(tmp_path))
 
 
-def test_a_run_killed_with_its_process_group_does_not_block_the_rerun(launcher_references, shard_root, tmp_path):
+def test_a_run_killed_with_its_process_group_does_not_block_the_rerun(uninterrupted_run, shard_root, tmp_path):
     command = train_command(shard_root)
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True, env=ENV)
@@ -56,7 +56,7 @@ def test_a_run_killed_with_its_process_group_does_not_block_the_rerun(launcher_r
     result = run_pretrain(command, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "resumed from checkpoints/step-" in result.stderr
-    assert_same_run(launcher_references("process"), str(tmp_path))
+    assert_same_run(uninterrupted_run, str(tmp_path))
 
 
 def test_a_refused_start_ends_every_rank_with_the_same_line(shard_root, tmp_path):

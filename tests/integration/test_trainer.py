@@ -2,6 +2,7 @@
 the `deepspeed` launcher, the schedule read back from TensorBoard, and bad configs."""
 
 import glob
+import hashlib
 import os
 import random
 import re
@@ -67,11 +68,10 @@ def scalars(workdir, tag):
     return all_scalars(workdir).get(tag, {})
 
 
-@pytest.fixture(scope="module")
-def reference(shard_root, tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("reference_run")
-    run(train_command(shard_root), workdir)
-    return str(workdir)
+@pytest.fixture
+def reference(uninterrupted_run):
+    """The session's one uninterrupted tiny run (tests/integration/conftest.py): read it, or copy it first."""
+    return uninterrupted_run
 
 
 def assert_same_run(reference, workdir):
@@ -156,10 +156,47 @@ def assert_two_ranks_match(single, double):
                                                                        "state")) + ["rng-rank00001.safetensors"])
 
 
-def test_two_ranks_under_the_deepspeed_launcher_match_one_process(reference, shard_root, tmp_path):
-    """With dropout on: a micro-batch's dropout depends on its place in the global batch, not on the rank."""
-    run(train_command(shard_root, launcher=with_port(LAUNCHERS["deepspeed"])), tmp_path)
-    assert_two_ranks_match(reference, str(tmp_path))
+def test_two_ranks_under_the_deepspeed_launcher_match_one_process(reference, launcher_references):
+    """With dropout on: a micro-batch's dropout depends on its place in the global batch, not on the rank. The
+    two-rank run is the session's uninterrupted run under `deepspeed` (the SLURM tests' reference too)."""
+    assert_two_ranks_match(reference, launcher_references("deepspeed"))
+
+
+@pytest.mark.parametrize("launcher, world_size", [("process", 1), ("deepspeed", 2)])
+def test_mfu_is_the_runs_flops_rate_over_the_peak_of_all_its_devices(launcher_references, launcher, world_size):
+    """progress/mfu = progress/flops_per_s / (logging.peak_flops_per_device x world size), every step, read back
+    from the run's own TensorBoard figures; with two ranks the world size is what tells a right formula."""
+    workdir = launcher_references(launcher)
+    peak = load_config(CONFIG, ['phases.0.shards="x"', 'phases.1.shards="y"']).logging.peak_flops_per_device
+    rates, mfu = scalars(workdir, "progress/flops_per_s"), scalars(workdir, "progress/mfu")
+    assert sorted(rates) == sorted(mfu) == list(range(1, 13))
+    assert all(rates[step][0] > 0 for step in rates)
+    for step in rates:
+        assert mfu[step][0] == pytest.approx(rates[step][0] / (peak * world_size), rel=1e-6), step
+
+
+def parameters_sha256(workdir):
+    parameters = final_parameters(workdir)
+    return hashlib.sha256(b"".join(key.encode() + parameters[key].numpy().tobytes()
+                                   for key in sorted(parameters))).hexdigest()
+
+
+@pytest.mark.parametrize("switched_on", ["from_the_start", "at_the_resume_after_phase_1"])
+def test_activation_checkpointing_leaves_the_trained_parameters_bit_identical(reference, shard_root, tmp_path,
+                                                                              switched_on):
+    """README: the tiny two-phase run ends with the same parameters (sha256), dropout on, whether activation
+    checkpointing is off (the shared run), on, or turned on at the resume after phase 1."""
+    on = "model_overrides.gradient_checkpointing=true"
+    if switched_on == "from_the_start":
+        run(train_command(shard_root, on), tmp_path)
+    else:
+        phase_1 = subprocess.run(train_command(shard_root, "max_steps_this_run=8"), cwd=tmp_path, capture_output=True,
+                                 text=True, timeout=300)
+        assert phase_1.returncode == 75, phase_1.stderr[-3000:]
+        resumed = run(train_command(shard_root, on), tmp_path)
+        assert "resumed from checkpoints/step-00000008" in resumed.stderr, resumed.stderr[-3000:]
+        assert "model_overrides.gradient_checkpointing (absent) -> true" in resumed.stderr, resumed.stderr[-3000:]
+    assert parameters_sha256(str(tmp_path)) == parameters_sha256(reference)
 
 
 def test_every_checkpoint_stores_the_resolved_config(reference, shard_root):
@@ -187,7 +224,6 @@ def test_schedule_read_back_from_tensorboard(reference):
     assert accumulation[1] == [4.0] and accumulation[12] == [4.0]  # 16 / 4 in phase 1, 8 / 2 in phase 2
     assert set(scalars(reference, "progress/phase")[12]) == {1.0}
     assert sorted(scalars(reference, "eval/mlm_loss")) == [4, 8, 12]  # the held-out evaluation
-    assert all(0 < value < 1 for values in scalars(reference, "progress/mfu").values() for value in values)
     # where each step's time went: the step itself, and the wait on the loader (not negative, not the step)
     compute, wait = scalars(reference, "progress/compute_s"), scalars(reference, "progress/data_wait_s")
     assert sorted(compute) == sorted(wait) == list(range(1, 13))
@@ -251,8 +287,8 @@ def with_port(launcher):
 
 
 @pytest.mark.parametrize("launcher", ["process", "deepspeed", "torchrun"])
-def test_sigterm_to_every_process_of_the_job_saves_and_resumes_exactly(reference, launcher_references, shard_root,
-                                                                        tmp_path, launcher):
+def test_sigterm_to_every_process_of_the_job_saves_and_resumes_exactly(launcher_references, shard_root, tmp_path,
+                                                                        launcher):
     """As SLURM preempts or cancels a job step and as Kubernetes stops a pod: SIGTERM to every process,
     loader workers and launchers included."""
     command = train_command(shard_root, launcher=with_port(LAUNCHERS[launcher]))
@@ -273,7 +309,7 @@ def test_sigterm_to_every_process_of_the_job_saves_and_resumes_exactly(reference
         assert process.returncode == 75
     result = run(train_command(shard_root, launcher=with_port(LAUNCHERS[launcher])), tmp_path)
     assert f"resumed from checkpoints/step-{int(step):08d}" in result.stderr
-    assert_same_run(reference if launcher == "process" else launcher_references(launcher), str(tmp_path))
+    assert_same_run(launcher_references(launcher), str(tmp_path))  # "process": the shared uninterrupted run
 
 
 def damaged_copy(reference, tmp_path, how):

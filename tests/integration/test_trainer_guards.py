@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from pretrain.model import ModelConfig
@@ -156,22 +157,51 @@ def test_non_finite_parameters_are_never_checkpointed(shard_root, tmp_path):
     assert not [name for name in os.listdir(tmp_path / "checkpoints") if name.startswith("step-")]
 
 
-def test_fp16_overflow_skips_the_step_and_halves_the_loss_scale(shard_root, tmp_path):
-    # 2^22 overflows the tiny model's fp16 gradients: the scale halves at each overflow until they fit
-    command = with_faults(shard_root, 'precision="fp16"', "optimizer.initial_loss_scale=4194304.0")
-    result = run_pretrain(command, tmp_path)
+# 2^22 overflows the tiny model's fp16 gradients: the scale halves at each overflow until they fit
+FP16_OVERFLOWING = ('precision="fp16"', "optimizer.initial_loss_scale=4194304.0")
+
+
+@pytest.fixture(scope="module")
+def fp16_overflowing_run(shard_root, tmp_path_factory):
+    """(folder, finished process) of the tiny run in fp16 from a loss scale its gradients overflow."""
+    workdir = tmp_path_factory.mktemp("fp16_overflowing")
+    result = run_pretrain(with_faults(shard_root, *FP16_OVERFLOWING), workdir)
     assert result.returncode == 0, result.stderr[-3000:]
-    scales = {step: values[0] for step, values in scalars(str(tmp_path), "train/loss_scale").items()}
-    skipped = {step: values[0] for step, values in scalars(str(tmp_path), "train/skipped_steps").items()}
+    return workdir, result
+
+
+def test_fp16_overflow_skips_the_step_and_halves_the_loss_scale(fp16_overflowing_run):
+    workdir, result = fp16_overflowing_run
+    scales = {step: values[0] for step, values in scalars(str(workdir), "train/loss_scale").items()}
+    skipped = {step: values[0] for step, values in scalars(str(workdir), "train/skipped_steps").items()}
     skipped[0] = 0
     overflowed = [step for step in range(1, 13) if skipped[step] > skipped[step - 1]]
     assert 1 in overflowed and 0 < len(overflowed) < 12 and scales[1] == 2.0**22
     for step in range(1, 12):  # halved after each skipped step, unchanged after the others
         assert scales[step + 1] == scales[step] / (2 if step in overflowed else 1), step
-    assert lamb_steps(checkpoint_state(tmp_path, 12)) == {12 - len(overflowed)}  # skips left LAMB untouched
-    losses = scalars(str(tmp_path), "train/loss")
+    assert lamb_steps(checkpoint_state(workdir, 12)) == {12 - len(overflowed)}  # skips left LAMB untouched
+    losses = scalars(str(workdir), "train/loss")
     assert all(math.isfinite(losses[step][0]) for step in range(1, 13))  # overflow is in the gradients only
     assert "precision fp16" in result.stderr
+
+
+def test_the_fp16_loss_scale_survives_a_resume(fp16_overflowing_run, shard_root, tmp_path):
+    """Stopped after step 2 (the scale already halved by step 1's overflow), the resumed run goes on from the
+    saved scale: the same scales, skipped steps and final weights as the run that was never stopped. A resume
+    from the initial scale would overflow and skip a step the uninterrupted run took."""
+    whole, _ = fp16_overflowing_run
+    stopped = run_pretrain(with_faults(shard_root, *FP16_OVERFLOWING, "max_steps_this_run=2"), tmp_path)
+    assert stopped.returncode == 75, stopped.stderr[-3000:]
+    saved = scalars(str(tmp_path), "train/loss_scale")
+    assert saved[2][0] < 2.0**22  # the stop comes after a halving, so a scale not restored would show
+    resumed = run_pretrain(with_faults(shard_root, *FP16_OVERFLOWING), tmp_path)
+    assert resumed.returncode == 0 and "resumed from checkpoints/step-00000002" in resumed.stderr, \
+        resumed.stderr[-3000:]
+    for tag in ("train/loss_scale", "train/skipped_steps", "train/loss"):
+        expected, got = scalars(str(whole), tag), scalars(str(tmp_path), tag)
+        assert all(got[step][-1] == expected[step][0] for step in range(3, 13)), tag
+    expected, got = checkpoint_state(whole, 12)["module"], checkpoint_state(tmp_path, 12)["module"]
+    assert all(torch.equal(expected[key], got[key]) for key in expected)
 
 
 def test_bf16_reaches_the_model_through_the_engine_as_on_a_gpu_and_keeps_fp32_state(shard_root, tmp_path):

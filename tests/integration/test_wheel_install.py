@@ -29,6 +29,27 @@ eval_every_steps = 0
 """
 
 
+def environment_like_this_one(venv) -> str:
+    """A virtual environment made from this interpreter that sees the packages of the environment running the
+    tests (a venv, a conda environment or the base interpreter), the project's checkout excepted; returns its
+    python. `--system-site-packages` would not do: from inside a venv it gives the base interpreter's packages,
+    not the venv's. A .pth file in the new site-packages adds this interpreter's sys.path entries as site
+    directories (their own .pth files read, as at this interpreter's start), after the venv's own packages, so
+    the wheel installed there is the project that imports."""
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+    python = str(venv / "bin" / "python")
+    site_packages = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                                   check=True, capture_output=True, text=True).stdout.strip()
+    root = os.path.realpath(ROOT)
+    left_out = {os.path.realpath(p) for p in [os.getcwd(), *os.environ.get("PYTHONPATH", "").split(os.pathsep)] if p}
+    entries = [p for p in sys.path if p and os.path.isdir(p) and os.path.realpath(p) not in left_out
+               and not (os.path.realpath(p) + os.sep).startswith(root + os.sep)]  # the checkout and what is in it
+    with open(os.path.join(site_packages, "environment_running_the_tests.pth"), "w", encoding="utf-8") as handle:
+        # one line, run by `exec` in site.py's scope: no comprehension, which would not see `site`
+        handle.write(f"import site; list(map(site.addsitedir, {entries!r}))\n")
+    return python
+
+
 def test_a_wheel_install_runs_both_stages_with_no_checkout(tmp_path):
     sources = tmp_path / "sources"
     shutil.copytree(ROOT, sources, ignore=shutil.ignore_patterns(
@@ -38,9 +59,7 @@ def test_a_wheel_install_runs_both_stages_with_no_checkout(tmp_path):
     (wheel,) = (tmp_path / "dist").glob("squeezebert_pretrain-*.whl")
     shutil.rmtree(sources)  # nothing of the checkout is left to find
     venv = tmp_path / "venv"
-    # torch, DeepSpeed and the rest come from this interpreter's site-packages; the project from the wheel
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    python = str(venv / "bin" / "python")
+    python = environment_like_this_one(venv)
     subprocess.run([python, "-m", "pip", "install", "--quiet", "--no-deps", "--ignore-installed", str(wheel)],
                    check=True, capture_output=True)
     work = tmp_path / "elsewhere"

@@ -29,10 +29,15 @@ def test_the_loss_is_alpha_ce_plus_t_squared_kl_teacher_to_student():
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     reverse = alpha * cross_entropy + (1 - alpha) * temperature**2 * kl_student_teacher
     assert abs(reverse - expected) > 1e-3  # the case tells the two directions apart
-    # a batch is the mean of its rows; bf16 logits are computed in fp32
-    batch = distillation_loss(torch.tensor([student, teacher]).bfloat16(), torch.tensor([0, 1]),
-                              torch.tensor([teacher, student]), alpha, temperature, regression=False)
+    # a batch is the mean of its rows; bf16 logits are computed in fp32 (bf16 arithmetic would be off by ~1e-2)
+    rows, labels, teachers = torch.tensor([student, teacher]).bfloat16(), [0, 1], [teacher, student]
+    batch = distillation_loss(rows, torch.tensor(labels), torch.tensor(teachers), alpha, temperature,
+                              regression=False)
     assert batch.dtype == torch.float32
+    each = [distillation_loss(rows[i : i + 1].float(), torch.tensor(labels[i : i + 1]), torch.tensor([teachers[i]]),
+                              alpha, temperature, regression=False).item() for i in range(2)]
+    assert abs(each[0] - each[1]) > 1e-2  # rows whose mean differs from either row and from their sum
+    assert batch.item() == pytest.approx(sum(each) / 2, rel=1e-6)
 
 
 def test_the_regression_loss_is_mse_to_label_and_teacher():

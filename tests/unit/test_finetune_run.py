@@ -81,6 +81,21 @@ def test_a_failed_start_leaves_out_as_it_found_it_and_another_command_runs_there
     assert run_glue(tiny_run(tmp_path, model, learning_rate=2e-3))["steps"] == 1  # not "other settings"
 
 
+def test_the_same_out_with_other_settings_is_refused_naming_them_and_nothing_there_changes(tmp_path):
+    from tests.unit.test_finetune_labels import tiny_classifier
+
+    model = str(tmp_path / "model")
+    tiny_classifier(model, ["LABEL_0", "LABEL_1"])
+    run_glue(tiny_run(tmp_path, model, learning_rate=1e-3))
+    out = tmp_path / "out"
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    with pytest.raises(FinetuneConfigError, match=rf"^--out {out}: holds a run with other settings "
+                                                  r"\(learning_rate, max_length\); use another --out, or "
+                                                  r"--overwrite-output to start over$"):
+        run_glue(tiny_run(tmp_path, model, learning_rate=2e-3, max_length=48))
+    assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+
+
 def test_changed_data_at_the_same_path_is_not_nothing_to_do_and_overwrite_output_starts_over(tmp_path, capsys):
     from tests.unit.test_finetune_labels import tiny_classifier
 

@@ -1,5 +1,6 @@
 """Logging backends in one process: MLflow's parameters, an unknown run id, the runs file, a backend that
-fails mid-run, and a server that does not answer. Real MLflow (a sqlite store in a temporary folder)."""
+fails mid-run, a server that is down and one that takes the connection and never answers. Real MLflow (a sqlite
+store in a temporary folder)."""
 
 import dataclasses
 import http.server
@@ -94,15 +95,35 @@ def test_a_backend_that_fails_mid_run_is_left_out_with_a_line(capsys):
     assert "failing: 2 writes of this invocation did not reach it" in err  # the failed one too
 
 
-def test_a_server_that_does_not_answer_is_found_fast():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    assert unreachable(f"http://127.0.0.1:{port}/health")
-    config = LoggingConfig(backends=["mlflow"], mlflow_tracking_uri=f"http://127.0.0.1:{port}")
-    with pytest.raises(BackendError, match="the MLflow server does not answer"):
+@pytest.fixture
+def silent_server():
+    """A port where connections are taken (the kernel's backlog) and no byte ever comes back, as from a server
+    that hangs. After 60 s it hangs up, so a probe without its timeout fails on the reason, not by hanging."""
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen(8)
+    hang_up = threading.Timer(60.0, listening.close)
+    hang_up.start()
+    yield listening.getsockname()[1]
+    hang_up.cancel()
+    listening.close()
+
+
+def test_a_server_that_takes_the_connection_and_never_answers_is_given_up_at_the_timeout(silent_server):
+    """The probe's own timeout (SERVER_TIMEOUT_S) ends the wait: the reason is a timeout, not a refusal."""
+    reason = unreachable(f"http://127.0.0.1:{silent_server}/health")
+    assert reason == "timed out", reason
+    config = LoggingConfig(backends=["mlflow"], mlflow_tracking_uri=f"http://127.0.0.1:{silent_server}")
+    with pytest.raises(BackendError, match=r"the MLflow server does not answer \(timed out\)"):
         check(config)
     check(LoggingConfig())  # TensorBoard alone: nothing to check
+
+
+def test_a_port_where_nothing_listens_is_unreachable_at_once():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens there once the probe is closed
+    assert "refused" in unreachable(f"http://127.0.0.1:{port}/health")
 
 
 def closed_port():
@@ -143,8 +164,9 @@ def test_the_resolved_config_and_the_logged_parameters_hold_no_credentials(mlflo
 
 
 def test_credentials_in_a_tracking_uri_reach_no_message_or_console_line(mlflow_uri, tmp_path, monkeypatch, capfd):
-    """A server that does not answer, at start and mid-run: the check's message, MLflow's own error (which
-    quotes the URL it called) and the console lines name the server with `***` for its credentials."""
+    """A server that is down (nothing listens on its port), at start and mid-run: the check's message, MLflow's
+    own error (which quotes the URL it called) and the console lines name the server with `***` for its
+    credentials."""
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # MLflow's client retries for minutes otherwise
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     secret_uri = f"http://alice:{SECRET}@127.0.0.1:{closed_port()}"

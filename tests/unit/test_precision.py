@@ -17,6 +17,25 @@ def test_auto_is_fp32_on_a_cpu_and_explicit_choices_stand():
     assert [resolve_precision(p, cpu) for p in ("fp32", "bf16", "fp16")] == ["fp32", "bf16", "fp16"]
 
 
+@pytest.mark.parametrize("gpu, native, expected", [("NVIDIA A100-SXM4-80GB", True, "bf16"),
+                                                    ("Tesla V100-SXM2-32GB", False, "fp16")])
+def test_auto_on_a_gpu_is_bf16_where_it_is_native_and_fp16_where_it_is_only_emulated(monkeypatch, gpu, native,
+                                                                                     expected):
+    """torch's capability queries answered as that GPU would (a V100 emulates bf16: True unless
+    `including_emulation=False`); the device is a CUDA device object, which needs no GPU to exist."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: gpu)
+    cuda = torch.device("cuda", 0)
+    assert resolve_precision("auto", cuda) == expected
+    assert resolve_precision("fp16", cuda) == "fp16" and resolve_precision("fp32", cuda) == "fp32"
+    if native:
+        assert resolve_precision("bf16", cuda) == "bf16"
+    else:
+        with pytest.raises(PrecisionError, match=rf"^precision = 'bf16': {gpu} has no native bf16; use precision = "
+                                                 r"'fp16' \(or 'auto', which picks it\)$"):
+            resolve_precision("bf16", cuda)
+
+
 @pytest.mark.parametrize("precision, dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
 def test_autocast_computes_in_half_precision_and_keeps_weights_and_gradients_fp32(precision, dtype):
     config = ModelConfig.preset("squeezebert-tiny")

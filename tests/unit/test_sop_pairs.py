@@ -1,11 +1,13 @@
 """Properties of the SOP pair builder (hypothesis) and ALBERT's truncation rule."""
 
 import random
+import sys
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from data_prep import sop_pairs
 from data_prep.sop_pairs import assemble, pair_document, truncation_amounts
 
 CLS, SEP = -1, -2  # outside the token range, so an example's specials are told from document tokens
@@ -104,7 +106,35 @@ def test_one_token_document_is_dropped_and_counted():
     assert spans == [] and dropped == 1
 
 
+def lines_executed_in_sop_pairs(function, *args):
+    """(result, number of lines of data_prep/sop_pairs.py that ran): a count of steps, not a clock."""
+    count = 0
+
+    def local(frame, event, arg):
+        nonlocal count
+        count += event == "line"
+        return local
+
+    def tracer(frame, event, arg):
+        return local if frame.f_code.co_filename == sop_pairs.__file__ else None
+
+    sys.settrace(tracer)
+    try:
+        result = function(*args)
+    finally:
+        sys.settrace(None)
+    return result, count
+
+
 def test_huge_sentence_is_truncated_in_constant_time():
+    """Truncating a pair runs as many lines for an excess of 100 000 tokens as for one of 100 (ALBERT's
+    truncate_seq_pair removes one token per iteration), and a 10-million-token sentence is cut to fit."""
+    steps = {}
+    for length in (100 + 512, 100_000 + 512):
+        (spans, _), steps[length] = lines_executed_in_sop_pairs(
+            pair_document, np.array([0, 3, length]), 512, 0.0, np.random.default_rng(2))
+        assert sum(span[1] - span[0] + span[3] - span[2] for span in spans) == 509
+    assert len(set(steps.values())) == 1, steps
     offsets = np.array([0, 3, 10_000_000])
     spans, _ = pair_document(offsets, 512, 0.0, np.random.default_rng(2))
     (first_start, first_end, second_start, second_end, _label), = spans

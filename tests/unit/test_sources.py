@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import tracemalloc
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -84,9 +85,16 @@ def test_hundred_megabyte_line_is_skipped_without_holding_it(tmp_path):
         for _ in range(100):
             handle.write(block)
         handle.write(b"\nAfter.\n")
-    documents, skips = read(path)
+    tracemalloc.start()  # every Python allocation (the reader's bytes, str, lists); the peak of this read alone
+    try:
+        documents, skips = read(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
     assert skips == {"line_too_long": 1}
     assert [d.paragraphs for d in documents] == [["Before.", "After."]]
+    # held whole, the line would take 100 MB; read in pieces of --max-line-mb (1 MB), a few pieces at most
+    assert peak < 8 * (1 << 20), f"peak {peak / (1 << 20):.1f} MB while reading past a 100 MB line"
 
 
 def test_missing_path_and_missing_text_column(tmp_path):
