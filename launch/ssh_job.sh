@@ -43,9 +43,9 @@ done < "$hostfile"
 
 read -ra ssh_command <<< "ssh -o BatchMode=yes ${SSH_OPTIONS:-}"
 for host in "${hosts[@]}"; do  # before any node starts: a node that cannot start would leave the others waiting
-    if ! error=$("${ssh_command[@]}" "$host" true 2>&1 < /dev/null); then
+    if ! error=$("${ssh_command[@]}" "$host" true 2>&1 < /dev/null | tr -s '\r\n' '  '); then
         fail_input "HOSTFILE $hostfile: cannot run a command on $host over ssh without a password" \
-                   "(${error//$'\n'/ }); set up passwordless ssh (SSH_OPTIONS for options)"
+                   "(${error% }); set up passwordless ssh (SSH_OPTIONS for options)"
     fi
 done
 
