@@ -49,7 +49,7 @@ for host in "${hosts[@]}"; do  # before any node starts: a node that cannot star
     fi
 done
 
-job_id="$(hostname -s)-$(date +%Y%m%d-%H%M%S)-$$"
+job_id="$(hostname -s)-$(date +%Y%m%d-%H%M%S)-$$-$RANDOM"  # unique to this run: it marks its processes
 # What each node needs of this environment: the interpreter and its packages (the same paths on every node),
 # run_node.sh's settings, and the libraries' own variables (DeepSpeed forwards the same prefixes over pdsh).
 node_settings=(PATH="$PATH" CONFIG="$config" HOSTFILE="$hostfile" NNODES="${#hosts[@]}"
@@ -106,7 +106,7 @@ while [[ ${#running[@]} -gt 0 ]]; do
     finished=""
     wait -n -p finished "${!running[@]}" $grace_pid
     code=$?
-    [[ -z "$finished" ]] && continue  # a trapped signal interrupted the wait
+    [[ -z "${finished:-}" ]] && continue  # a trapped signal interrupted the wait (and unset `finished`)
     if [[ "$finished" == "$grace_pid" ]]; then
         echo "ssh_job: the other nodes did not end ${FAILURE_GRACE_SECONDS:-30} s after the failure: killing them" >&2
         tell_nodes KILL
@@ -134,6 +134,7 @@ case "$outcome" in
     0) echo "ssh_job: every node exited ${codes[*]}: complete" >&2 ;;
     75) echo "ssh_job: every node exited ${codes[*]}: preempted, a complete checkpoint is saved; rerun the same" \
              "command to continue" >&2 ;;
+    2) echo "ssh_job: every node exited ${codes[*]}: bad input (the ranks' error is above)" >&2 ;;
     *) echo "ssh_job: the nodes exited ${codes[*]}: failed; rerun the same command to resume from the last" \
             "complete checkpoint" >&2 ;;
 esac

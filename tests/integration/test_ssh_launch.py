@@ -1,7 +1,7 @@
 """launch/ssh_job.sh, the ssh form, over a real sshd that the module starts on a loopback port with its own host
 key, user key and ssh configuration (never ~/.ssh): two nodes, `node0` and `node1`, both 127.0.0.1, one rank
 each. A run matches one process; SIGTERM saves on every rank and leaves no process; a lost node fails the job;
-two jobs on the same nodes are ended one at a time."""
+of two jobs on the same nodes, ending one (even by SIGKILL of its command) leaves the other running."""
 
 import os
 import random
@@ -216,17 +216,22 @@ def test_a_lost_node_ends_the_other_within_seconds_with_one_line_and_exit_1_and_
     assert re.search(r"resumed from checkpoints/step-(\d+)", rerun_log).group(1) >= saved.split("-")[1]
 
 
-def test_ending_one_job_leaves_another_on_the_same_nodes_running(cluster, shard_root, tmp_path):
+def test_sigkill_to_one_jobs_command_saves_its_nodes_and_leaves_another_job_on_the_same_nodes_running(
+        cluster, shard_root, tmp_path):
+    """The harshest end of a job's command (nothing of it can run): its nodes read the end of their ssh
+    connections, save and end, and the sweep of their leftovers spares the other job's processes."""
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir(), second.mkdir()
     jobs = [start_job(cluster, shard_root, first), start_job(cluster, shard_root, second)]
     for workdir, job in zip((first, second), jobs):
         wait_for(workdir / "checkpoints" / "latest", job, timeout=400)
+    ended = job_processes(cluster, jobs[0], job_id(first))
     others = [process for process in job_processes(cluster, jobs[1], job_id(second)) if not loader_worker(process)]
-    jobs[0].send_signal(signal.SIGTERM)
-    jobs[0].wait(timeout=180)
-    assert jobs[0].returncode == 75, (first / "job.log").read_text()[-3000:]
-    assert alive(others) == others, "the first job's end took processes of the second"
+    jobs[0].kill()
+    jobs[0].wait()
+    assert_all_end(ended, timeout=180)
+    assert "preempted: saved at global step" in (first / "job.log").read_text(), (first / "job.log").read_text()[-3000:]
+    assert alive(others) == others, "ending the first job took processes of the second"
     assert jobs[1].poll() is None
     jobs[1].send_signal(signal.SIGTERM)  # it still trains, and still saves on its own signal
     jobs[1].wait(timeout=180)
@@ -250,3 +255,11 @@ def test_bad_hostfile_or_unreachable_host_is_one_line_and_exit_2(cluster, tmp_pa
     assert len(result.stderr.splitlines()) == 1, result.stderr
     line = result.stderr.strip()
     assert line.startswith("ssh_job: error: " + message.format(path=path)), line
+
+
+def test_a_config_every_rank_refuses_exits_2_without_a_traceback(cluster, shard_root, tmp_path):
+    job = start_job(cluster, shard_root, tmp_path, "phases.0.global_batch=15")
+    job.wait(timeout=300)
+    log = (tmp_path / "job.log").read_text()
+    assert job.returncode == 2, log[-3000:]
+    assert "ssh_job: every node exited 2 2: bad input" in log and "pretrain/__main__.py" not in log, log[-3000:]
