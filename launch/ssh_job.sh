@@ -10,7 +10,7 @@
 # 1 failed (a node was lost or a rank failed: rerun to resume from the last complete checkpoint); 2 bad input.
 # Needs passwordless ssh to every host and this checkout, CONFIG and the Python environment at the same paths on
 # every node. Environment (all optional):
-#   MASTER_ADDR    the first host's address (default: the first host's name)     MASTER_PORT   29500
+#   MASTER_ADDR    the first host's address (default: the HostName ssh connects to)   MASTER_PORT   29500
 #   SSH_OPTIONS    more options for every ssh, e.g. "-F cluster_ssh_config" or "-p 2222"
 #   LAUNCHER       deepspeed (default) | torchrun, on each node (launch/run_node.sh)
 #   FAILURE_GRACE_SECONDS  after a node fails, how long the others have to end by themselves (30) before they
@@ -52,8 +52,13 @@ done
 job_id="$(hostname -s)-$(date +%Y%m%d-%H%M%S)-$$-$RANDOM"  # unique to this run: it marks its processes
 # What each node needs of this environment: the interpreter and its packages (the same paths on every node),
 # run_node.sh's settings, and the libraries' own variables (DeepSpeed forwards the same prefixes over pdsh).
-node_settings=(PATH="$PATH" CONFIG="$config" HOSTFILE="$hostfile" NNODES="${#hosts[@]}"
-               MASTER_ADDR="${MASTER_ADDR:-${hosts[0]}}" MASTER_PORT="${MASTER_PORT:-29500}")
+# The master is the first host at the address ssh connects to (its HostName where an ssh config names one).
+MASTER_ADDR=${MASTER_ADDR:-$("${ssh_command[@]}" -G "${hosts[0]}" 2> /dev/null < /dev/null |
+                            awk '$1 == "hostname" { print $2 }')}
+[[ -n "$MASTER_ADDR" ]] || fail_input "MASTER_ADDR: ssh -G ${hosts[0]} names no address for the first host; set MASTER_ADDR"
+MASTER_PORT=${MASTER_PORT:-29500}
+node_settings=(PATH="$PATH" CONFIG="$config" HOSTFILE="$hostfile" NNODES="${#hosts[@]}" MASTER_ADDR="$MASTER_ADDR"
+               MASTER_PORT="$MASTER_PORT")
 for name in $(compgen -e); do
     if [[ "$name" =~ ^(PYTHON|VIRTUAL_ENV$|LAUNCHER$|NCCL_|UCX_|OMP_NUM_THREADS$|CUDA_|HF_) ]]; then
         node_settings+=("$name=${!name}")
@@ -80,7 +85,8 @@ trap '' PIPE  # a node whose connection is gone: its order is lost, not this scr
 trap 'stop=TERM; tell_nodes TERM' TERM INT
 trap 'stop=USR1; tell_nodes USR1' USR1
 
-echo "ssh_job: job $job_id on ${hosts[*]}, master ${MASTER_ADDR:-${hosts[0]}}:${MASTER_PORT:-29500}" >&2
+echo "ssh_job: job $job_id on ${hosts[*]}, master $MASTER_ADDR:$MASTER_PORT" >&2
+[[ -n "$stop" ]] && { echo "ssh_job: stopped before the nodes started" >&2; exit "$EXIT_PREEMPTED"; }
 # Each node's orders go down its ssh connection's standard input, a pipe that only this process writes: if this
 # process dies, even by SIGKILL, every node reads the end of its input and saves.
 orders=$(mktemp -d)

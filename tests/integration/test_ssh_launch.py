@@ -32,8 +32,9 @@ class SshCluster:
         self.hostfile = str(folder / "hostfile")
 
     def env(self, **values):
-        """A job's environment: ssh (and pdsh, the way DeepSpeed's runner uses it) read the module's ssh config."""
-        return {**node_env(MASTER_ADDR="127.0.0.1", MASTER_PORT=free_port(), **values),
+        """A job's environment: ssh (and pdsh, the way DeepSpeed's runner uses it) read the module's ssh config,
+        which also gives the master's address (node0's HostName)."""
+        return {**node_env(MASTER_PORT=free_port(), **values),
                 "SSH_OPTIONS": f"-F {self.ssh_config}", "PDSH_RCMD_TYPE": "ssh",
                 "PDSH_SSH_ARGS_APPEND": f"-F {self.ssh_config}"}
 
@@ -263,3 +264,24 @@ def test_a_config_every_rank_refuses_exits_2_without_a_traceback(cluster, shard_
     log = (tmp_path / "job.log").read_text()
     assert job.returncode == 2, log[-3000:]
     assert "ssh_job: every node exited 2 2: bad input" in log and "pretrain/__main__.py" not in log, log[-3000:]
+
+
+@pytest.mark.parametrize("codes, expected", [
+    ("0 0", 0), ("75 75", 75), ("0 75", 75), ("2 2", 2), ("1 255", 1), ("2 1", 1), ("75 137", 1), ("0 2", 1),
+])
+def test_the_jobs_exit_code_from_its_nodes_codes(codes, expected):
+    script = f"source {ROOT}/launch/lib.sh && job_exit_code {codes}"
+    assert subprocess.run(["bash", "-c", script], capture_output=True, text=True).stdout.strip() == str(expected)
+
+
+def test_kill_marked_ends_the_processes_of_its_mark_only(tmp_path):
+    """Marks differ by job id and node: another job's node, or node 01 beside node 0, is not this mark."""
+    marks = ["job-a/node0", "job-a/node01", "job-b/node0"]
+    sleepers = [subprocess.Popen(["sleep", "60"], env={**os.environ, "SQUEEZEBERT_JOB": mark}) for mark in marks]
+    try:
+        subprocess.run(["bash", "-c", f"source {ROOT}/launch/lib.sh && kill_marked job-a/node0"], check=True)
+        assert [sleeper.poll() for sleeper in sleepers] == [-signal.SIGKILL, None, None]
+    finally:
+        for sleeper in sleepers:
+            sleeper.kill()
+            sleeper.wait()
