@@ -217,6 +217,25 @@ def test_a_lost_node_ends_the_other_within_seconds_with_one_line_and_exit_1_and_
     assert re.search(r"resumed from checkpoints/step-(\d+)", rerun_log).group(1) >= saved.split("-")[1]
 
 
+def test_nodes_still_running_a_grace_period_after_a_failure_are_killed(cluster, shard_root, tmp_path):
+    """Node 1 dies before its rank joins: node 0's rank would wait for it at the rendezvous for the whole
+    collective timeout; FAILURE_GRACE_SECONDS after the failure, node 0 is told to end everything."""
+    job = start_job(cluster, shard_root, tmp_path, FAILURE_GRACE_SECONDS=5)
+    deadline = time.monotonic() + 60
+    while "ssh_job: job " not in (tmp_path / "job.log").read_text() or \
+            1 not in node_sessions(cluster, job_id(tmp_path)):
+        assert job.poll() is None and time.monotonic() < deadline, (tmp_path / "job.log").read_text()[-3000:]
+        time.sleep(0.05)
+    kill_tree(node_sessions(cluster, job_id(tmp_path))[1].pid)
+    lost = time.monotonic()
+    job.wait(timeout=120)
+    log = (tmp_path / "job.log").read_text()
+    assert job.returncode == 1, log[-3000:]
+    assert "ssh_job: the other nodes did not end 5 s after the failure: killing them" in log, log[-3000:]
+    assert time.monotonic() - lost < 60
+    assert_all_end(cluster.sshd.children(recursive=True))
+
+
 def test_sigkill_to_one_jobs_command_saves_its_nodes_and_leaves_another_job_on_the_same_nodes_running(
         cluster, shard_root, tmp_path):
     """The harshest end of a job's command (nothing of it can run): its nodes read the end of their ssh
