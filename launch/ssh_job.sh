@@ -55,7 +55,8 @@ job_id="$(hostname -s)-$(date +%Y%m%d-%H%M%S)-$$-$RANDOM"  # unique to this run:
 # The master is the first host at the address ssh connects to (its HostName where an ssh config names one).
 MASTER_ADDR=${MASTER_ADDR:-$("${ssh_command[@]}" -G "${hosts[0]}" 2> /dev/null < /dev/null |
                             awk '$1 == "hostname" { print $2 }')}
-[[ -n "$MASTER_ADDR" ]] || fail_input "MASTER_ADDR: ssh -G ${hosts[0]} names no address for the first host; set MASTER_ADDR"
+[[ -n "$MASTER_ADDR" ]] ||
+    fail_input "MASTER_ADDR: ssh -G ${hosts[0]} names no address for the first host; set MASTER_ADDR"
 MASTER_PORT=${MASTER_PORT:-29500}
 node_settings=(PATH="$PATH" CONFIG="$config" HOSTFILE="$hostfile" NNODES="${#hosts[@]}" MASTER_ADDR="$MASTER_ADDR"
                MASTER_PORT="$MASTER_PORT")
