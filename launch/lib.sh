@@ -28,6 +28,24 @@ signal_ranks() {
     done
 }
 
+# The processes of one node of an ssh job (launch/ssh_node.sh): those whose environment holds
+# SQUEEZEBERT_JOB=<mark>, wherever they were reparented. A mark is unique to one run, so this never finds
+# another job's processes, as matching command lines (`pkill -f`) would.
+marked_processes() {
+    grep -lsxzF -- "SQUEEZEBERT_JOB=$1" /proc/[0-9]*/environ | cut -d/ -f3
+}
+
+# SIGKILL every process of a mark, again until none is left (one may fork while the others are killed).
+kill_marked() {
+    local mark=$1 pids attempt
+    for attempt in 1 2 3 4 5; do
+        pids=$(marked_processes "$mark")
+        [[ -z "$pids" ]] && return 0
+        kill -KILL $pids 2>/dev/null
+        sleep 0.2
+    done
+}
+
 # The node's exit code from the launcher's code and the status file that the node's first rank writes
 # once all ranks agree on the outcome (launchers do not pass on their ranks' exit codes faithfully:
 # torchrun reports any failure as 1, and a rank that crashes while exiting after a complete checkpoint
@@ -45,6 +63,23 @@ exit_code_from_status() {
              "(a rank failed while exiting); the checkpoint is complete, so this counts as $code" >&2
     fi
     return "$code"
+}
+
+# An ssh job's exit code from its nodes' codes: 0 when every node completed; 75 when every node saved (or completed:
+# the ranks agree on the outcome, so a mix only means the end was seen between saves); 2 when every node refused
+# its input; otherwise 1 (a node failed or was lost).
+job_exit_code() {
+    local code all_complete=1 all_saved=1 all_bad_input=1
+    for code in "$@"; do
+        [[ "$code" -eq 0 ]] || all_complete=0
+        [[ "$code" -eq 0 || "$code" -eq "$EXIT_PREEMPTED" ]] || all_saved=0
+        [[ "$code" -eq 2 ]] || all_bad_input=0
+    done
+    if ((all_complete)); then echo 0
+    elif ((all_saved)); then echo "$EXIT_PREEMPTED"
+    elif ((all_bad_input)); then echo 2
+    else echo 1
+    fi
 }
 
 # What a batch job does after its nodes exit: done | requeue | fail.

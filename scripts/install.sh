@@ -36,4 +36,19 @@ if [[ "deepspeed==$installed" != "$DEEPSPEED_SPEC" ]]; then
     pip_install --no-build-isolation "$DEEPSPEED_SPEC"
 fi
 pip_install -e ".${extras}"
+# The ssh form's tests (tests/integration/test_ssh_launch.py) start a real sshd and pdsh. CI runs as root on
+# Debian, where apt-get provides them; elsewhere the tests say what is missing and are skipped.
+if [[ -n "$extras" ]]; then
+    missing=()
+    [[ -x /usr/sbin/sshd ]] || command -v sshd > /dev/null || missing+=(openssh-server)
+    command -v ssh-keygen > /dev/null || missing+=(openssh-client)
+    command -v pdsh > /dev/null || missing+=(pdsh)
+    if [[ ${#missing[@]} -gt 0 && $EUID -eq 0 ]] && command -v apt-get > /dev/null; then
+        { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+              "${missing[@]}"; } || echo "install: apt-get could not install ${missing[*]}" >&2
+    elif [[ ${#missing[@]} -gt 0 ]]; then
+        echo "install: ${missing[*]} not installed (as root on Debian: apt-get install ${missing[*]}):" \
+             "the ssh form's tests will be skipped" >&2
+    fi
+fi
 echo "install: $("$PYTHON" -c "import importlib.metadata as m; print('torch', m.version('torch'), 'deepspeed', m.version('deepspeed'))")"
