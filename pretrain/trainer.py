@@ -1,24 +1,11 @@
 """The training loop: resume → (phases: steps → log → checkpoint) → done.
 
-Runs as a plain process (CPU or one GPU), under `deepspeed` or under `torchrun`: the distributed
-environment comes from the launcher's variables, or defaults to a world of one.
-
-Losses are normalized by the *global* batch: the MLM loss of a step is the sum of the cross-entropies of
-all masked tokens of the global batch over their global count (all-reduced before the backward), and the
-SOP loss the sum over the global batch over its size. Each micro-batch's loss is scaled so that DeepSpeed's
-1/accumulation and its mean over ranks give exactly that gradient, so a step's update does not depend on
-how the global batch is split into ranks and micro-batches (up to float summation order). Dropout is
-seeded per (seed, step, micro-step, rank), so no RNG state needs saving for an exact resume.
-
-Devices: every tensor handed to a collective lives on the engine's device, so the same code runs over
-gloo (CPU) and NCCL (CUDA only). The hot loop makes no host synchronisation per micro-step: batches arrive
-in pinned memory and are copied without blocking, the masked positions come with the batch (their count
-is a shape, not a device value), and a step's sums, the preemption and save flags and the gradient norm
-travel in one all-reduce whose result is read once per step.
-
-Non-finite steps: a step whose loss or gradient norm is not finite on any rank is skipped by every rank
-(no update, LAMB's moments untouched) and counted; `optimizer.max_consecutive_skips` in a row stop the run
-with `TrainingDiverged`, and a checkpoint is never written from non-finite parameters.
+Runs as a plain process (CPU or one GPU), under `deepspeed` or under `torchrun`: the distributed environment comes
+from the launcher's variables, or defaults to a world of one. The rules it keeps (losses normalized by the global
+batch, dropout seeded per (seed, step, micro-step's place), no host synchronisation per micro-step and one
+all-reduce per step, every collective's tensor on the engine's device, non-finite steps skipped by every rank) are
+in docs/design.md ("Global batch", "Devices", "Non-finite steps") and README's training section; the comments below
+mark where each is kept.
 """
 
 from __future__ import annotations
