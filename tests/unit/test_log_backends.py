@@ -214,3 +214,22 @@ def test_a_server_behind_credentials_is_checked_without_them_in_the_request():
         server.shutdown()
         server.server_close()
     assert paths == ["/health"]
+
+
+@pytest.mark.parametrize("kind", ["sqlite file that is a folder", "file store under a regular file"])
+def test_an_mlflow_store_that_will_not_open_is_one_line_naming_the_uri_before_compute(kind, tmp_path):
+    """README: a local MLflow store that cannot be opened stops the run at the check, in one line naming the
+    tracking URI and the way out. Both stores are real paths MLflow cannot use: a sqlite "file" that is a
+    folder, and a file store whose root lies under a regular file."""
+    if kind.startswith("sqlite"):
+        (tmp_path / "mlflow.db").mkdir()
+        uri = f"sqlite:///{tmp_path}/mlflow.db"
+    else:
+        (tmp_path / "plain").write_text("not a folder")
+        uri = f"file://{tmp_path}/plain/mlruns"
+    with pytest.raises(BackendError) as raised:
+        check(LoggingConfig(backends=["mlflow"], mlflow_tracking_uri=uri))
+    message = str(raised.value)
+    assert "\n" not in message
+    assert message.startswith(f"logging.mlflow_tracking_uri = {uri}: MLflow cannot open this store (")
+    assert message.endswith("use a server (http://host:5000) or sqlite:///path/mlflow.db")
