@@ -29,6 +29,15 @@ eval_every_steps = 0
 """
 
 
+def in_the_checkout(path: str) -> bool:
+    """A sys.path entry of the checkout's sources (its root, a folder in it), not the packages of an environment
+    that happens to live inside it (CI's `.ci-venv/.../site-packages`)."""
+    root, real = os.path.realpath(ROOT), os.path.realpath(path)
+    if real == root:
+        return True
+    return real.startswith(root + os.sep) and os.path.basename(real) not in ("site-packages", "dist-packages")
+
+
 def environment_like_this_one(venv) -> str:
     """A virtual environment made from this interpreter that sees the packages of the environment running the
     tests (a venv, a conda environment or the base interpreter), the project's checkout excepted; returns its
@@ -40,10 +49,9 @@ def environment_like_this_one(venv) -> str:
     python = str(venv / "bin" / "python")
     site_packages = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                                    check=True, capture_output=True, text=True).stdout.strip()
-    root = os.path.realpath(ROOT)
     left_out = {os.path.realpath(p) for p in [os.getcwd(), *os.environ.get("PYTHONPATH", "").split(os.pathsep)] if p}
     entries = [p for p in sys.path if p and os.path.isdir(p) and os.path.realpath(p) not in left_out
-               and not (os.path.realpath(p) + os.sep).startswith(root + os.sep)]  # the checkout and what is in it
+               and not in_the_checkout(p)]
     with open(os.path.join(site_packages, "environment_running_the_tests.pth"), "w", encoding="utf-8") as handle:
         # one line, run by `exec` in site.py's scope: no comprehension, which would not see `site`
         handle.write(f"import site; list(map(site.addsitedir, {entries!r}))\n")
