@@ -165,12 +165,17 @@ def reused_outputs():
         _REUSED_OUTPUTS.reset(token)
 
 
+def reusing(reuse: str) -> bool:
+    """Whether the output named `reuse` goes into the forward's buffer (inside `reused_outputs`, no autograd)."""
+    return bool(reuse) and _REUSED_OUTPUTS.get() is not None and not torch.is_grad_enabled()
+
+
 def output_buffer(reuse: str, rows: int, cols: int, like: torch.Tensor) -> torch.Tensor:
-    """An uninitialized [rows, cols] output like `like`: the forward's buffer named `reuse` when one may be reused
-    (see `reused_outputs`), else a new tensor."""
-    buffers = _REUSED_OUTPUTS.get()
-    if not reuse or buffers is None or torch.is_grad_enabled():
+    """An uninitialized [rows, cols] output like `like`: the forward's buffer named `reuse` when `reusing(reuse)`,
+    else a new tensor."""
+    if not reusing(reuse):
         return like.new_empty(rows, cols)
+    buffers = _REUSED_OUTPUTS.get()
     key = (reuse, rows, cols, like.dtype, like.device)
     if key not in buffers:
         buffers[key] = like.new_empty(rows, cols)
@@ -186,9 +191,8 @@ def grouped_pointwise(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     activation is copied into or out of a group-major layout, forward or backward. `reuse` names the output's
     buffer for `output_buffer` (without autograd only)."""
     if groups == 1:
-        if (reuse and not torch.compiler.is_compiling() and _REUSED_OUTPUTS.get() is not None
-                and not torch.is_grad_enabled() and not torch.is_autocast_enabled(x.device.type)):  # autocast
-            # does not cast `out=` ops
+        # `out=` has no autograd and autocast does not cast it: F.linear in those cases
+        if not torch.compiler.is_compiling() and reusing(reuse) and not torch.is_autocast_enabled(x.device.type):
             flat = x.reshape(-1, x.shape[-1])
             out = output_buffer(reuse, flat.shape[0], weight.shape[0], flat)
             return torch.addmm(bias, flat, weight.t(), out=out).view(*x.shape[:-1], weight.shape[0])
