@@ -513,3 +513,47 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_holds_it(sma
         result = run_cli("shards", "--source", small_corpus, "--vocab", vocab_dir, "--out", out, check=False)
         one_line_error(result, "--out", "another data_prep run is writing there")
     run_cli("shards", "--source", small_corpus, "--vocab", vocab_dir, "--out", out, "--quiet")  # released: runs
+
+
+def peak_memory_mb(command) -> tuple[float, float]:
+    """Runs `command`; the peak resident memory (VmHWM, a high-water mark, so sampling misses nothing it had
+    reached by the last read) of its main process and of its largest worker, in MB."""
+    def high_water_mb(pid):
+        try:
+            with open(f"/proc/{pid}/status") as handle:
+                return next(int(line.split()[1]) / 1024 for line in handle if line.startswith("VmHWM:"))
+        except (OSError, StopIteration):
+            return 0.0  # ended (or a zombie) since it was listed
+
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    main = workers = 0.0
+    while process.poll() is None:
+        main = max(main, high_water_mb(process.pid))
+        workers = max([workers] + [high_water_mb(child) for child in children_of(process.pid)])
+        time.sleep(0.02)
+    assert process.returncode == 0, process.stderr.read()[-3000:]
+    return main, workers
+
+
+def test_memory_stays_bounded_whatever_the_input_size(small_corpus, vocab_dir, tmp_path):
+    """README: at most two units per worker in flight, so five times the input (4.6 → 23 MB of text, ~90
+    units of 0.25 MB) leaves the peaks where they were. Checked to fail: with the in-flight bound removed,
+    the main process's peak grew by 25 MB (the reader runs ahead of the workers and holds the text)."""
+    sample = sorted(os.path.join(small_corpus, name) for name in os.listdir(small_corpus) if name.startswith("wiki_"))
+    peaks = {}
+    for copies in (8, 40):
+        source = tmp_path / f"in{copies}"
+        source.mkdir()
+        for copy in range(copies):
+            for path in sample:
+                with open(path, "rb") as handle:
+                    (source / f"{copy:03d}_{os.path.basename(path)}").write_bytes(handle.read())
+        peaks[copies] = peak_memory_mb([
+            sys.executable, "-m", "data_prep", "shards", "--source", source, "--vocab", vocab_dir,
+            "--out", tmp_path / f"out{copies}", "--num-proc", "2", "--shard-text-mb", "0.25", "--seq-len", "128",
+            "--quiet",
+        ])
+    extra_input_mb = 32 * sum(os.path.getsize(p) for p in sample) / 2**20
+    (small_main, small_workers), (large_main, large_workers) = peaks[8], peaks[40]
+    assert large_main - small_main < extra_input_mb / 3, (peaks, extra_input_mb)
+    assert large_workers - small_workers < extra_input_mb / 3, (peaks, extra_input_mb)

@@ -9,7 +9,6 @@ import os
 import socket
 import struct
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -166,14 +165,12 @@ def test_a_backend_that_cannot_work_is_one_line_before_compute(shard_root, tmp_p
         env = backend_env(tmp_path)
         overrides = ('logging.backends=["mlflow"]', f'logging.mlflow_tracking_uri="{uri}"')
         fragment = f"logging.mlflow_tracking_uri = http://***@127.0.0.1:{port}: the MLflow server does not answer ("
-    started = time.monotonic()
     result = subprocess.run(train_command(shard_root, *overrides), cwd=tmp_path, capture_output=True, text=True,
                             timeout=300, env=env)
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("pretrain: error: ") and fragment in last, last
     assert "resolved config" not in result.stderr and not (tmp_path / "checkpoints").exists()  # before any compute
-    assert time.monotonic() - started < 120
     assert SECRET not in result.stdout + result.stderr
 
 
