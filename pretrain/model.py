@@ -227,13 +227,15 @@ class GroupedMatmul(torch.autograd.Function):
         *lead, c_in = x.shape
         c_out = weight.shape[0]
         flat = x.contiguous().view(-1, c_in)  # [T, c_in]; every input this model makes is contiguous
-        out = output_buffer(reuse, flat.shape[0], c_out, flat)
+        # Under autograd a tensor of its own, not a view: the caller may change it in place (`ConvLayerNorm`).
+        out = (output_buffer(reuse, flat.shape[0], c_out, flat).view(*lead, c_out) if reusing(reuse)
+               else flat.new_empty(*lead, c_out))
         torch.baddbmm(bias.view(groups, 1, c_out // groups),  # the GEMM accumulates onto the bias (beta = 1)
                       by_group(flat, groups), weight.view(groups, c_out // groups, -1).transpose(1, 2),
-                      out=by_group(out, groups))
+                      out=by_group(out.view(-1, c_out), groups))
         ctx.groups, ctx.lead = groups, lead
         ctx.save_for_backward(flat, weight)
-        return out.view(*lead, c_out)
+        return out
 
     @staticmethod
     @once_differentiable
@@ -297,10 +299,19 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
         return x
     if x.device.type != "cpu":  # accelerators have a fused dropout kernel
         return F.dropout(x, p, True)
-    # The boolean mask read as bytes, forward and backward (autograd keeps the 1-byte mask): torch's CPU product of
-    # a float and a uint8 tensor converts in its vectorized loop, 2x the speed of `where(mask, x, 0)` and 3x of a
-    # product with the bool mask (measured at [16, 12, 128, 128], torch 2.13, 2 threads). F.dropout's arithmetic.
-    return x.mul(dropout_keep_mask(x, p).view(torch.uint8)).mul_(1.0 / (1.0 - p))
+    return cpu_dropout_(x.mul(byte_keep_mask(x, p)), p)
+
+
+def byte_keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    """`dropout_keep_mask` read as bytes, forward and backward (autograd keeps the 1-byte mask): torch's CPU
+    product of a float and a uint8 tensor is 2x the speed of `where(mask, x, 0)` and 3x of a product with the
+    bool mask (measured at [16, 12, 128, 128], torch 2.13, 2 threads)."""
+    return dropout_keep_mask(x, p).view(torch.uint8)
+
+
+def cpu_dropout_(kept: torch.Tensor, p: float) -> torch.Tensor:
+    """The 1 / (1 - p) of inverted dropout, in place on the kept values: F.dropout's arithmetic."""
+    return kept.mul_(1.0 / (1.0 - p))
 
 
 class Dropout(nn.Module):
@@ -313,21 +324,30 @@ class Dropout(nn.Module):
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float,
-              training: bool) -> torch.Tensor:
-    """Softmax attention over [N, H, W, D]; `mask` [N, 1, 1, W] is True where a key may be attended.
+              training: bool, scale: float | None = None) -> torch.Tensor:
+    """Softmax attention over [N, H, W, D]; `mask` [N, 1, 1, W] is True where a key may be attended; `scale`
+    multiplies q k^T (default 1 / sqrt(D); `SelfAttention` passes 1 with q already scaled by its weights).
 
     `scaled_dot_product_attention` wherever it has a fused kernel for the case. On CPU with attention
     dropout it falls back to its math path with the slow Bernoulli sampler, so that case is written out
-    here with `dropout` above (the same arithmetic)."""
+    here with `dropout`'s mask (the same arithmetic)."""
     if not training or dropout_p == 0.0 or q.device.type != "cpu":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p if training else 0.0)
-    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(1.0 / math.sqrt(q.shape[-1]))  # [N, H, W, W]
-    if mask is not None:  # in place: neither product's backward reads its result
-        scores.masked_fill_(~mask, torch.finfo(scores.dtype).min)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p if training else 0.0,
+                                              scale=scale)
+    scores = torch.matmul(q, k.transpose(-1, -2))  # [N, H, W, W]
+    if scale is None or scale != 1.0:
+        scores = scores.mul_(1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
+    if mask is not None:  # in place, and added: the sum's backward passes the gradient on untouched
+        scores.add_(padding_bias(mask, scores.dtype))
     probabilities = torch.softmax(scores, dim=-1)
     # `dropout` with its scale applied to the [N, H, W, D] result instead of the [N, H, W, W] probabilities.
-    kept = probabilities.mul(dropout_keep_mask(probabilities, dropout_p).view(torch.uint8))
-    return torch.matmul(kept, v).mul_(1.0 / (1.0 - dropout_p))
+    return cpu_dropout_(torch.matmul(probabilities.mul(byte_keep_mask(probabilities, dropout_p)), v), dropout_p)
+
+
+def padding_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The additive form of a key mask: 0 where attended, the dtype's lowest value where not (exp of it, less
+    the row's maximum, is 0: the same probabilities as filling the scores, a fully masked row included)."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
 
 
 class ConvLayerNorm(nn.Module):
@@ -340,7 +360,13 @@ class ConvLayerNorm(nn.Module):
         self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        out = self.dropout(self.conv1d(x, reuse="before_layernorm"))  # LayerNorm's output is new
+        out = self.conv1d(x, reuse="before_layernorm")  # LayerNorm's output is new
+        p = self.dropout.p
+        if self.training and p > 0.0 and out.device.type == "cpu" and torch.is_grad_enabled():
+            # `dropout` in place: no backward reads the convolution's output (no new tensor, no pass to fill it)
+            out = cpu_dropout_(out.mul_(byte_keep_mask(out, p)), p)
+        else:
+            out = self.dropout(out)
         if torch.is_grad_enabled() or out.dtype != residual.dtype:
             return self.layernorm(out + residual)
         return self.layernorm(out.add_(residual))  # no autograd: in place (see `ConvActivation`)
@@ -382,17 +408,22 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         n, w, c = x.shape
         head_size = c // self.heads
+        # Attention's 1 / sqrt(D) is applied to q's weights and bias (a [C, C/g] product) instead of to the
+        # [N, H, W, W] scores, forward and backward; for D a power of 4 (64: 1/8) the products are the same bits.
+        scale = 1.0 / math.sqrt(head_size)
+        weights = (self.query.weight * scale, self.key.weight, self.value.weight)
+        biases = (self.query.bias * scale, self.key.bias, self.value.bias)
         if self.fuses_qkv:
-            parts = (self.query, self.key, self.value)
             # Rows in (head, q/k/v, d) order; head h's rows lie in group h // (heads / g) of every part.
-            weight = torch.stack([p.weight.view(self.heads, head_size, -1) for p in parts], dim=1).view(3 * c, -1)
-            bias = torch.stack([p.bias.view(self.heads, head_size) for p in parts], dim=1).view(3 * c)
+            weight = torch.stack([t.view(self.heads, head_size, -1) for t in weights], dim=1).view(3 * c, -1)
+            bias = torch.stack([t.view(self.heads, head_size) for t in biases], dim=1).view(3 * c)
             qkv = grouped_pointwise(x, weight, bias, self.query.groups, "qkv").view(n, w, self.heads, 3, head_size)
             q, k, v = (t.transpose(1, 2) for t in qkv.unbind(3))  # [N, H, W, D] views
         else:  # [N, W, C] -> [N, H, W, C/H] views; channel = head * C/H + d
-            q, k, v = (p(x).view(n, w, self.heads, head_size).transpose(1, 2)
-                       for p in (self.query, self.key, self.value))
-        context = attention(q, k, v, mask, self.dropout_prob, self.training)
+            q, k, v = (grouped_pointwise(x, weight.squeeze(-1), bias, part.groups)
+                       .view(n, w, self.heads, head_size).transpose(1, 2)
+                       for weight, bias, part in zip(weights, biases, (self.query, self.key, self.value)))
+        context = attention(q, k, v, mask, self.dropout_prob, self.training, scale=1.0)
         return context.transpose(1, 2).reshape(n, w, c)
 
 

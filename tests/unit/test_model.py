@@ -217,6 +217,19 @@ def test_cpu_training_attention_path_is_sdpa_arithmetic():
     assert abs(keep.float().mean().item() - 0.9) < 0.003
 
 
+def test_an_additive_padding_bias_gives_the_probabilities_of_a_filled_mask_fully_masked_rows_included():
+    from pretrain.model import padding_bias
+
+    scores = torch.randn(3, 2, 4, 6, generator=torch.Generator().manual_seed(1)) * 30
+    mask = torch.ones(3, 1, 1, 6, dtype=torch.bool)
+    mask[1, ..., 4:] = False
+    mask[2] = False  # every key is padding: uniform, as a filled mask gives
+    for dtype in (torch.float32, torch.bfloat16):
+        filled = torch.softmax(scores.to(dtype).masked_fill(~mask, torch.finfo(dtype).min), -1)
+        added = torch.softmax(scores.to(dtype) + padding_bias(mask, dtype), -1)
+        assert torch.equal(filled, added) and not added.isnan().any()
+
+
 def count_layer_forwards(model: SqueezeBertForPretraining) -> list[int]:
     """Per encoder layer, how many times its forward runs from now on (a recomputation counts)."""
     counts = [0] * len(model.transformer.encoder.layers)
