@@ -56,6 +56,7 @@ from data_prep.tokenizer import import_vocab, train_vocab  # noqa: E402
 from finetune.classifier import SqueezeBertClassifier  # noqa: E402
 from formats.errors import OneLineArgumentParser, UserError, one_line  # noqa: E402
 from formats.files import atomic_write_bytes  # noqa: E402
+from formats.host_memory import keep_freed_memory  # noqa: E402
 from pretrain.model import ModelConfig, step_flops  # noqa: E402
 from pretrain.model_files import transformers_config  # noqa: E402
 
@@ -382,6 +383,7 @@ def run(args) -> dict:
         "seq_len": args.seq_len, "batch": args.batch, "infer_batch": args.infer_batch, "steps": args.steps,
         "warmup": args.warmup, "latency_reps": args.latency_reps, "vocabulary": vocab_source,
         "mean_real_tokens": real_length, "load_average_at_start": os.getloadavg()[0], "models": {},
+        "keeps_freed_memory": args.kept_freed_memory,
     }
     for name, model in models.items():
         attention = getattr(model.config, "_attn_implementation", None) or "eager"
@@ -394,6 +396,7 @@ def run(args) -> dict:
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, "
           f"{'bf16 autocast' if args.bf16 else 'fp32'}; inputs: sentence pairs of the Wikipedia sample, "
           f"mean {real_length:.1f} real tokens, padded to {args.seq_len}; vocabulary: {vocab_source}; "
+          f"malloc {'keeps freed memory (as finetune)' if args.kept_freed_memory else 'as glibc sets it'}; "
           f"load average {os.getloadavg()[0]:.2f}", flush=True)
     if OURS in built:
         # Before any timing, on CPU, fp32: the first inference batch (the same for both).
@@ -447,6 +450,9 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for both models")
     parser.add_argument("--json", help="also write every figure and per-repetition time to this file")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="leave glibc's malloc as it is (by default the process keeps freed memory, as "
+                             "`finetune` does: formats.host_memory)")
     args = parser.parse_args(argv)
     args.models = [flag.strip().lower() for flag in args.models.split(",") if flag.strip()]
     unknown = [flag for flag in args.models if flag not in MODEL_FLAGS]
@@ -467,6 +473,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> None:
     parser, args = parse_args(argv)
+    args.kept_freed_memory = False if args.default_malloc else keep_freed_memory()  # what `finetune` runs with
     torch.set_num_threads(args.threads)
     from transformers.utils import logging as transformers_logging
 

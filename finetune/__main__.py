@@ -95,8 +95,10 @@ def command_demo(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from formats.errors import UserError, os_error_line
+    from formats.host_memory import keep_freed_memory
 
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # each training step takes back the memory the last one freed, without page faults
     try:
         {"glue": command_glue, "chain": command_chain, "demo": command_demo}[args.command](args)
         return 0
