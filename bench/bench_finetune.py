@@ -39,6 +39,7 @@ import contextlib
 import json
 import os
 import random
+import resource
 import statistics
 import sys
 import tempfile
@@ -49,6 +50,7 @@ from typing import Callable
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SELF = resource.RUSAGE_SELF
 sys.path.insert(0, ROOT)
 
 from data_prep.sentences import split_sentences  # noqa: E402
@@ -252,22 +254,25 @@ def infer(model, batch: Batch, device: torch.device, bf16: bool) -> None:
 
 def alternate(calls: dict[str, Callable[[int], None]], warmup: int, repetitions: int,
               device: torch.device) -> dict[str, list[tuple[float, float]]]:
-    """(wall seconds, process CPU seconds) per call of each callable (given the repetition index), the callables
-    alternating; the one that goes first rotates (repetition r starts with the callable r mod count; with two,
-    they swap), so none always runs first, right after the others' allocations. The CPU time is what a busy
-    machine distorts least when `--threads 1`: a descheduled process accrues none (with more threads it also
-    counts the threads spinning at OpenMP barriers)."""
+    """(wall seconds, process CPU seconds, minor page faults, system seconds) per call of each callable (given
+    the repetition index), the callables alternating; the one that goes first rotates (repetition r starts with
+    the callable r mod count; with two, they swap), so none always runs first, right after the others'
+    allocations. The CPU time is what a busy machine distorts least when `--threads 1`: a descheduled process
+    accrues none (with more threads it also counts the threads spinning at OpenMP barriers). Page faults and
+    system time: the kernel's share, mostly handing back freed memory page by page (`formats.host_memory`)."""
     names = list(calls)
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    times: dict[str, list[tuple[float, float, int, float]]] = {name: [] for name in names}
     for repetition in range(warmup + repetitions):
         shift = repetition % len(names)
         for name in names[shift:] + names[:shift]:
             synchronize(device)
-            start, start_cpu = time.perf_counter(), time.process_time()
+            start, start_cpu, start_usage = time.perf_counter(), time.process_time(), resource.getrusage(SELF)
             calls[name](repetition)
             synchronize(device)
             if repetition >= warmup:
-                times[name].append((time.perf_counter() - start, time.process_time() - start_cpu))
+                usage = resource.getrusage(SELF)
+                times[name].append((time.perf_counter() - start, time.process_time() - start_cpu,
+                                    usage.ru_minflt - start_usage.ru_minflt, usage.ru_stime - start_usage.ru_stime))
     return times
 
 
@@ -299,12 +304,13 @@ def time_inference(models: dict, batches: list[Batch], repetitions: int, args,
 
 # ---- report -------------------------------------------------------------------------------------------------
 
-def summary(times: list[tuple[float, float]], samples: int) -> dict:
+def summary(times: list[tuple[float, float, int, float]], samples: int) -> dict:
     wall, cpu = [t[0] for t in times], [t[1] for t in times]
     median = statistics.median(wall)
     return {"median_s": median, "min_s": min(wall), "max_s": max(wall), "samples_per_s": samples / median,
             "median_cpu_s": statistics.median(cpu), "samples_per_cpu_s": samples / statistics.median(cpu),
-            "times_s": wall, "cpu_times_s": cpu}
+            "median_minor_faults": statistics.median(t[2] for t in times),
+            "median_system_s": statistics.median(t[3] for t in times), "times_s": wall, "cpu_times_s": cpu}
 
 
 RATIO_ROWS = {  # JSON key -> (table label, explanation)
@@ -333,6 +339,10 @@ def print_table(results: dict, names: list[str]) -> None:
         print(f"{label:<18} {ratios['parameters']:>8.2f} {ratios['forward_flops']:>16.2f} "
               f"{ratios['train_samples_per_s']:>15.2f} {ratios['inference_samples_per_s']:>19.2f} "
               f"{ratios.get('latency', float('nan')):>20.2f}")
+    for measure in ("train", "inference"):
+        print(f"{measure}: minor page faults (system seconds) per call, median: " + ", ".join(
+            f"{name} {results['models'][name][measure]['median_minor_faults']:,.0f} "
+            f"({results['models'][name][measure]['median_system_s']:.3f} s)" for name in names))
     if printed:
         print(f"(ratio rows, X / Y for {'; '.join(printed)}: params, FLOPs and samples/s X / Y; latency Y's time / "
               "X's, so > 1 means X is faster everywhere but params and FLOPs)")
