@@ -17,7 +17,6 @@ it does nothing. GPU memory is untouched (CUDA has its own caching allocator).""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 M_TRIM_THRESHOLD = -1  # <malloc.h>
 M_MMAP_MAX = -4
@@ -27,8 +26,7 @@ TRIM_THRESHOLD = 1 << 30
 def keep_freed_memory() -> bool:
     """Sets the two parameters above for this process; False where the C library has no glibc `mallopt`."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
