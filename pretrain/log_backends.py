@@ -36,6 +36,7 @@ import contextlib
 import importlib
 import json
 import os
+import sqlite3
 import time
 import urllib.error
 import urllib.parse
@@ -128,6 +129,10 @@ def check_mlflow(config: LoggingConfig) -> None:
     from mlflow import MlflowClient
 
     try:  # a local store: open it (a sqlite file is created here)
+        # sqlite first by itself: MLflow retries a database it cannot open for ~100 s before it gives up
+        path = uri[len("sqlite:///"):].split("?")[0] if uri.startswith("sqlite:///") else ""
+        if path and path != ":memory:":
+            sqlite3.connect(path).close()
         MlflowClient(uri).search_experiments(max_results=1)
     except Exception as error:
         raise BackendError(f"{source} = {shown}: MLflow cannot open this store ({redact_uri(one_line(error, 300))}); "
