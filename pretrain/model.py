@@ -293,13 +293,15 @@ def _(like: torch.Tensor, p: float) -> torch.Tensor:
     return torch.empty(like.shape, dtype=torch.bool)
 
 
-def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Inverted dropout (keep with probability 1 - p, scale by 1 / (1 - p)), as `F.dropout`."""
+def dropout(x: torch.Tensor, p: float, training: bool, inplace_on_cpu: bool = False) -> torch.Tensor:
+    """Inverted dropout (keep with probability 1 - p, scale by 1 / (1 - p)), as `F.dropout`. `inplace_on_cpu`:
+    x itself is changed on CPU (for a tensor no backward reads: no new tensor, no pass to fill it)."""
     if not training or p == 0.0:
         return x
     if x.device.type != "cpu":  # accelerators have a fused dropout kernel
         return F.dropout(x, p, True)
-    return cpu_dropout_(x.mul(byte_keep_mask(x, p)), p)
+    mask = byte_keep_mask(x, p)
+    return cpu_dropout_(x.mul_(mask) if inplace_on_cpu else x.mul(mask), p)
 
 
 def byte_keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
@@ -335,8 +337,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p if training else 0.0,
                                               scale=scale)
     scores = torch.matmul(q, k.transpose(-1, -2))  # [N, H, W, W]
-    if scale is None or scale != 1.0:
-        scores = scores.mul_(1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    if scale != 1.0:
+        scores.mul_(scale)
     if mask is not None:  # in place, and added: the sum's backward passes the gradient on untouched
         scores.add_(padding_bias(mask, scores.dtype))
     probabilities = torch.softmax(scores, dim=-1)
@@ -360,13 +363,8 @@ class ConvLayerNorm(nn.Module):
         self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        out = self.conv1d(x, reuse="before_layernorm")  # LayerNorm's output is new
-        p = self.dropout.p
-        if self.training and p > 0.0 and out.device.type == "cpu" and torch.is_grad_enabled():
-            # `dropout` in place: no backward reads the convolution's output (no new tensor, no pass to fill it)
-            out = cpu_dropout_(out.mul_(byte_keep_mask(out, p)), p)
-        else:
-            out = self.dropout(out)
+        # LayerNorm's output is new; no backward reads the convolution's, so dropout may change it in place
+        out = dropout(self.conv1d(x, reuse="before_layernorm"), self.dropout.p, self.training, inplace_on_cpu=True)
         if torch.is_grad_enabled() or out.dtype != residual.dtype:
             return self.layernorm(out + residual)
         return self.layernorm(out.add_(residual))  # no autograd: in place (see `ConvActivation`)
