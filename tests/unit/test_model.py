@@ -217,6 +217,47 @@ def test_cpu_training_attention_path_is_sdpa_arithmetic():
     assert abs(keep.float().mean().item() - 0.9) < 0.003
 
 
+@pytest.mark.parametrize("fused", [True, False], ids=["qkv", "separate"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_attention_by_example_gives_the_batched_arithmetic_and_its_gradients_with_the_same_masks(fused, dtype):
+    """CPU attention one example at a time (`AttentionByExample`) against the batched math written out with
+    autograd: outputs and q/k/v gradients, dropout off and on (the same masks drawn from the same seed), q, k, v
+    as views of one fused [N, W, H, 3, D] tensor or separate; without autograd, against SDPA."""
+    from pretrain.model import AttentionByExample, byte_keep_mask, padding_bias, qkv_views
+
+    generator = torch.Generator().manual_seed(3)
+    qkv = torch.randn(3, 10, 4, 3, 8, dtype=dtype, generator=generator, requires_grad=True)
+    mask = torch.ones(3, 1, 1, 10, dtype=torch.bool)
+    mask[1, ..., 6:] = False
+    mask[2, ..., 2:] = False
+    grad = torch.randn(3, 4, 10, 8, dtype=dtype, generator=generator)
+    tolerance = 1e-6 if dtype == torch.float32 else 1e-13
+    for p in (0.0, 0.3):
+        results = []
+        for by_example in (True, False):
+            qkv.grad = None
+            q, k, v = qkv_views(qkv) if fused else (t.clone() for t in qkv_views(qkv))
+            torch.manual_seed(5)
+            if by_example:
+                parts = (qkv,) if fused else (q, k, v)
+                out = AttentionByExample.apply(padding_bias(mask, dtype), 0.7, p, True, *parts)
+            else:
+                probabilities = torch.softmax((q @ k.transpose(-1, -2) * 0.7).masked_fill(~mask, -1e30), -1)
+                if p:
+                    probabilities = probabilities * byte_keep_mask(probabilities, p) / (1 - p)
+                out = probabilities @ v
+            out.backward(grad)
+            results.append((out.detach(), qkv.grad))
+        (out, grad_qkv), (reference, reference_grad) = results
+        assert out.shape == reference.shape and grad_qkv.shape == qkv.shape
+        assert torch.allclose(out, reference, rtol=0, atol=tolerance), (out - reference).abs().max()
+        assert torch.allclose(grad_qkv, reference_grad, rtol=0, atol=10 * tolerance)
+    with torch.no_grad():
+        q, k, v = qkv_views(qkv)
+        sdpa = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        assert torch.allclose(attention(q, k, v, mask, 0.1, training=False), sdpa, rtol=0, atol=tolerance)
+
+
 def test_an_additive_padding_bias_gives_the_probabilities_of_a_filled_mask_fully_masked_rows_included():
     from pretrain.model import padding_bias
 

@@ -4,6 +4,7 @@ gradients, and the fp16 loss scale (an overflow is detected, skipped and halves 
 import pytest
 import torch
 
+import pretrain.model
 from pretrain.model import GroupedPointwise, ModelConfig
 from pretrain.optim import Lamb, parameter_groups
 from pretrain.precision import DynamicLossScale, PrecisionError, autocast, common_precision, resolve_precision
@@ -79,8 +80,11 @@ def test_strict_determinism_leaves_sdpa_only_its_math_kernel(monkeypatch, determ
         allowed.append({name for name, on in switches.items() if on})
         return sdpa(*args, **kwargs)
     monkeypatch.setattr(F, "scaled_dot_product_attention", recording_sdpa)
+    # Evaluation's attention is SDPA on CUDA; on CPU in fp32 it is the model's own (`AttentionByExample`), so
+    # CUDA's branch is taken here by answering the device check as CUDA would.
+    monkeypatch.setattr(pretrain.model, "by_example", lambda q: False)
     config = ModelConfig.preset("squeezebert-tiny")
-    model = SqueezeBertForPretraining(config).eval()  # SDPA is the attention on every device in evaluation
+    model = SqueezeBertForPretraining(config).eval()
     model.run_in(torch.device("cpu"), "fp32", determinism)
     model(*random_batch(config, n=2, w=16))
     assert allowed and all(seen == kernels for seen in allowed), allowed
