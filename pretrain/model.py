@@ -352,7 +352,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
         keep_probabilities = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, qkv) if t is not None)
         bias = None if mask is None else padding_bias(mask, q.dtype)
         parts = (qkv,) if qkv is not None else (q, k, v)
-        return AttentionByExample.apply(bias, scale, dropout_p, keep_probabilities, *parts)
+        return AttentionByExample.apply(bias, attended_keys(mask, k.shape[2]), scale, dropout_p, keep_probabilities,
+                                        *parts)
     if dropout_p == 0.0 or q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
     scores = torch.matmul(q, k.transpose(-1, -2))  # [N, H, W, W]
@@ -371,6 +372,17 @@ def by_example(q: torch.Tensor) -> bool:
             and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu"))
 
 
+def attended_keys(mask: torch.Tensor | None, keys: int) -> list[int] | None:
+    """Per example of a key mask [N, 1, 1, W]: L when its keys are L real ones and then only padding (right
+    padding, L > 0), else -1 (any other mask: the padding bias is added). None without a mask."""
+    if mask is None:
+        return None
+    flat = mask.reshape(mask.shape[0], keys)
+    lengths = flat.sum(1)
+    prefix = (flat == (torch.arange(keys, device=flat.device) < lengths[:, None])).all(1) & (lengths > 0)
+    return torch.where(prefix, lengths, -1).tolist()
+
+
 def qkv_views(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q, k and v [N, H, W, D] as views of the fused [N, W, H, 3, D] (`SelfAttention`)."""
     return tuple(t.transpose(1, 2) for t in qkv.unbind(3))
@@ -384,15 +396,19 @@ class AttentionByExample(torch.autograd.Function):
     (strided views of the qkv GEMM's output, whose batch and head dimensions do not merge). One example's
     [H, W, W] (768 kB at W = 128) stays in a core's L2 cache from its q k^T to its product with v, each GEMM
     reads q, k and v in place (a head's rows are a strided matrix), and the gradients of q, k and v are written
-    straight into the fused qkv layout (no stack of three). Measured against the batched path
-    (`bench/bench_finetune.py`, BENCHMARKS.md): inference attention 17% faster than torch's fused CPU kernel at
-    batch 32, length 128. The same arithmetic as `F.scaled_dot_product_attention`'s math path (within 1e-6 in
-    fp32, tested); the dropout mask is drawn for the whole batch at once, as `dropout` draws it.
-    Inputs: bias [N, 1, 1, W] or None, scale, dropout_p (0: none), keep_probabilities (a backward will run),
-    then either qkv [N, W, H, 3, D] or q, k, v [N, H, W, D]. Output: [N, H, W, D], a view of [N, W, H, D]."""
+    straight into the fused qkv layout (no stack of three). An example whose keys are L real ones followed by
+    padding (right padding, as tokenizers and GLUE's padding to the max length give) attends its first L keys
+    only: the padding keys' probabilities are exactly 0 in the masked computation, so skipping them changes
+    nothing but the order of a softmax's sums (their gradients are 0, as they are there); any other mask is
+    added as `padding_bias` over all W keys. The same arithmetic as `F.scaled_dot_product_attention`'s math
+    path, within 1e-6 in fp32 (tested); the dropout mask is drawn for the whole [N, H, W, W] at once, as
+    `dropout` draws it. Measured: `bench/bench_finetune.py`, BENCHMARKS.md.
+    Inputs: bias [N, 1, 1, W] or None, `attended_keys`, scale, dropout_p (0: none), keep_probabilities (a
+    backward will run), then either qkv [N, W, H, 3, D] or q, k, v [N, H, W, D]. Output: [N, H, W, D], a view of
+    [N, W, H, D]."""
 
     @staticmethod
-    def forward(ctx, bias, scale, dropout_p, keep_probabilities, *parts):
+    def forward(ctx, bias, keys, scale, dropout_p, keep_probabilities, *parts):
         q, k, v = qkv_views(parts[0]) if len(parts) == 1 else parts
         n, heads, w, d = q.shape
         out = q.new_empty(n, w, heads, d)
@@ -403,21 +419,22 @@ class AttentionByExample(torch.autograd.Function):
             keep = byte_keep_mask(probabilities, dropout_p)
         scratch = q.new_empty(heads, w, k.shape[2])
         for i in range(n):
-            scores = scratch if probabilities is None else probabilities[i]
-            torch.bmm(q[i], k[i].transpose(1, 2), out=scores)
+            real = k.shape[2] if keys is None or keys[i] < 0 else keys[i]
+            scores = first(scratch if probabilities is None else probabilities[i], heads, w, real)
+            torch.bmm(q[i], k[i, :, :real].transpose(1, 2), out=scores)
             if scale != 1.0:
                 scores.mul_(scale)
-            if bias is not None:
+            if keys is not None and keys[i] < 0:
                 scores.add_(bias[i])
             torch.softmax(scores, -1, out=scores)
-            weights = scores if keep is None else scores.mul(keep[i])
-            context = torch.bmm(weights, v[i])  # [H, W, D]
+            weights = scores if keep is None else scores.mul(keep[i, :, :, :real])
+            context = torch.bmm(weights, v[i, :, :real])  # [H, W, D]
             if dropout_p:
                 context.mul_(1.0 / (1.0 - dropout_p))
             out[i].copy_(context.transpose(0, 1))
         if keep_probabilities:
             ctx.save_for_backward(probabilities, keep, *parts)
-            ctx.scale, ctx.dropout_p = scale, dropout_p
+            ctx.keys, ctx.scale, ctx.dropout_p = keys, scale, dropout_p
         return out.transpose(1, 2)
 
     @staticmethod
@@ -434,19 +451,29 @@ class AttentionByExample(torch.autograd.Function):
             grad_q, grad_k, grad_v = (torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
         dropout_scale = 1.0 / (1.0 - ctx.dropout_p)
         for i in range(n):
+            real = k.shape[2] if ctx.keys is None or ctx.keys[i] < 0 else ctx.keys[i]
+            p = first(probabilities[i], heads, w, real)
             g = grad[i] * dropout_scale if ctx.dropout_p else grad[i]  # [H, W, D]
-            kept = None if keep is None else keep[i].to(probabilities.dtype)  # one conversion for both products
-            weights = probabilities[i] if kept is None else probabilities[i].mul(kept)
-            grad_v[i].copy_(torch.bmm(weights.transpose(1, 2), g))
-            grad_scores = torch.bmm(g, v[i].transpose(1, 2))  # of the weights, then of the probabilities
+            kept = None if keep is None else keep[i, :, :, :real].to(p.dtype)  # one conversion for both products
+            weights = p if kept is None else p.mul(kept)
+            grad_v[i, :, :real].copy_(torch.bmm(weights.transpose(1, 2), g))
+            grad_scores = torch.bmm(g, v[i, :, :real].transpose(1, 2))  # of the weights, then of the probabilities
             if kept is not None:
                 grad_scores.mul_(kept)
-            grad_scores = torch._softmax_backward_data(grad_scores, probabilities[i], -1, probabilities.dtype)
+            grad_scores = torch._softmax_backward_data(grad_scores, p, -1, p.dtype)
             if ctx.scale != 1.0:
                 grad_scores.mul_(ctx.scale)
-            grad_q[i].copy_(torch.bmm(grad_scores, k[i]))
-            grad_k[i].copy_(torch.bmm(grad_scores.transpose(1, 2), q[i]))
-        return (None, None, None, None, *((grad_qkv,) if fused else (grad_q, grad_k, grad_v)))
+            grad_q[i].copy_(torch.bmm(grad_scores, k[i, :, :real]))
+            grad_k[i, :, :real].copy_(torch.bmm(grad_scores.transpose(1, 2), q[i]))
+            if real < k.shape[2]:  # the padding keys': 0, as their probabilities are
+                grad_k[i, :, real:].zero_()
+                grad_v[i, :, real:].zero_()
+        return (None, None, None, None, None, *((grad_qkv,) if fused else (grad_q, grad_k, grad_v)))
+
+
+def first(buffer: torch.Tensor, heads: int, w: int, keys: int) -> torch.Tensor:
+    """The first heads * w * keys elements of a contiguous [H, W, W] buffer as a contiguous [H, W, keys]."""
+    return buffer.view(-1)[: heads * w * keys].view(heads, w, keys)
 
 
 def padding_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -222,15 +222,19 @@ def test_cpu_training_attention_path_is_sdpa_arithmetic():
 def test_attention_by_example_gives_the_batched_arithmetic_and_its_gradients_with_the_same_masks(fused, dtype):
     """CPU attention one example at a time (`AttentionByExample`) against the batched math written out with
     autograd: outputs and q/k/v gradients, dropout off and on (the same masks drawn from the same seed), q, k, v
-    as views of one fused [N, W, H, 3, D] tensor or separate; without autograd, against SDPA."""
-    from pretrain.model import AttentionByExample, byte_keep_mask, padding_bias, qkv_views
+    as views of one fused [N, W, H, 3, D] tensor or separate, right padding (the padding keys skipped) and left
+    padding (added as a bias); without autograd, against SDPA."""
+    from pretrain.model import AttentionByExample, attended_keys, byte_keep_mask, padding_bias, qkv_views
 
     generator = torch.Generator().manual_seed(3)
-    qkv = torch.randn(3, 10, 4, 3, 8, dtype=dtype, generator=generator, requires_grad=True)
-    mask = torch.ones(3, 1, 1, 10, dtype=torch.bool)
+    qkv = torch.randn(4, 10, 4, 3, 8, dtype=dtype, generator=generator, requires_grad=True)
+    mask = torch.ones(4, 1, 1, 10, dtype=torch.bool)
     mask[1, ..., 6:] = False
     mask[2, ..., 2:] = False
-    grad = torch.randn(3, 4, 10, 8, dtype=dtype, generator=generator)
+    mask[3, ..., :3] = False  # left padding: all 10 keys with the padding bias
+    # right padding attends the real keys only; any other mask all keys with the bias
+    assert attended_keys(mask, 10) == [10, 6, 2, -1] and attended_keys(None, 10) is None
+    grad = torch.randn(4, 4, 10, 8, dtype=dtype, generator=generator)
     tolerance = 1e-6 if dtype == torch.float32 else 1e-13
     for p in (0.0, 0.3):
         results = []
@@ -240,7 +244,7 @@ def test_attention_by_example_gives_the_batched_arithmetic_and_its_gradients_wit
             torch.manual_seed(5)
             if by_example:
                 parts = (qkv,) if fused else (q, k, v)
-                out = AttentionByExample.apply(padding_bias(mask, dtype), 0.7, p, True, *parts)
+                out = AttentionByExample.apply(padding_bias(mask, dtype), attended_keys(mask, 10), 0.7, p, True, *parts)
             else:
                 probabilities = torch.softmax((q @ k.transpose(-1, -2) * 0.7).masked_fill(~mask, -1e30), -1)
                 if p:
