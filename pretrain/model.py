@@ -350,10 +350,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     dropout_p = dropout_p if training else 0.0
     if by_example(q):
         keep_probabilities = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, qkv) if t is not None)
-        bias = None if mask is None else padding_bias(mask, q.dtype)
+        keys = attended_keys(mask, k.shape[2])
+        bias = padding_bias(mask, q.dtype) if keys is not None and min(keys) < 0 else None
         parts = (qkv,) if qkv is not None else (q, k, v)
-        return AttentionByExample.apply(bias, attended_keys(mask, k.shape[2]), scale, dropout_p, keep_probabilities,
-                                        *parts)
+        return AttentionByExample.apply(bias, keys, scale, dropout_p, keep_probabilities, *parts)
     if dropout_p == 0.0 or q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
     scores = torch.matmul(q, k.transpose(-1, -2))  # [N, H, W, W]
@@ -377,10 +377,10 @@ def attended_keys(mask: torch.Tensor | None, keys: int) -> list[int] | None:
     padding, L > 0), else -1 (any other mask: the padding bias is added). None without a mask."""
     if mask is None:
         return None
-    flat = mask.reshape(mask.shape[0], keys)
+    flat = mask.reshape(mask.shape[0], keys).numpy()  # a CPU mask (`by_example`); numpy: half torch's overhead
     lengths = flat.sum(1)
-    prefix = (flat == (torch.arange(keys, device=flat.device) < lengths[:, None])).all(1) & (lengths > 0)
-    return torch.where(prefix, lengths, -1).tolist()
+    prefix = (flat == (np.arange(keys) < lengths[:, None])).all(1) & (lengths > 0)
+    return np.where(prefix, lengths, -1).tolist()
 
 
 def qkv_views(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
