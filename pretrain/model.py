@@ -337,8 +337,9 @@ class Dropout(nn.Module):
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, dropout_p: float,
               training: bool, scale: float | None = None, qkv: torch.Tensor | None = None) -> torch.Tensor:
-    """Softmax attention over [N, H, W, D]; `mask` [N, 1, 1, W] is True where a key may be attended; `scale`
-    multiplies q k^T (default 1 / sqrt(D); `SelfAttention` passes 1 with q already scaled by its weights).
+    """Softmax self-attention over [N, H, W, D]; `mask` [N, 1, 1, W] is True at real tokens (the keys that may be
+    attended); `scale` multiplies q k^T (default 1 / sqrt(D); `SelfAttention` passes 1 with q already scaled by
+    its weights). On CPU the output at padding positions may be 0 (`AttentionByExample`).
     `qkv`: the [N, W, H, 3, D] tensor that q, k and v are views of, when they are (their gradient is then
     written straight into its layout).
 
@@ -396,12 +397,17 @@ class AttentionByExample(torch.autograd.Function):
     (strided views of the qkv GEMM's output, whose batch and head dimensions do not merge). One example's
     [H, W, W] (768 kB at W = 128) stays in a core's L2 cache from its q k^T to its product with v, each GEMM
     reads q, k and v in place (a head's rows are a strided matrix), and the gradients of q, k and v are written
-    straight into the fused qkv layout (no stack of three). An example whose keys are L real ones followed by
-    padding (right padding, as tokenizers and GLUE's padding to the max length give) attends its first L keys
-    only: the padding keys' probabilities are exactly 0 in the masked computation, so skipping them changes
-    nothing but the order of a softmax's sums (their gradients are 0, as they are there); any other mask is
-    added as `padding_bias` over all W keys. The same arithmetic as `F.scaled_dot_product_attention`'s math
-    path, within 1e-6 in fp32 (tested); the dropout mask is drawn for the whole [N, H, W, W] at once, as
+    straight into the fused qkv layout (no stack of three).
+
+    Self-attention over right-padded examples (L real tokens, then padding, as tokenizers and GLUE's padding to
+    the max length give) computes the L x L block only, as variable-length attention kernels do: the padding
+    keys' probabilities are exactly 0 in the masked computation (skipping them changes only the order of a
+    softmax's sums; their gradients are 0 there too), and the padding queries' output is 0 here, as PyTorch's
+    nested-tensor encoder gives, instead of an attention over the real keys that no real position ever reads
+    (a padding position is only ever a key, and masked): every real position's output and every gradient are
+    the same (tested against the masked computation). Any other mask (left padding, holes, no real token)
+    is added as `padding_bias` over all W x W. Otherwise the arithmetic of `F.scaled_dot_product_attention`'s
+    math path, within 1e-6 in fp32 (tested); the dropout mask is drawn for the whole [N, H, W, W] at once, as
     `dropout` draws it. Measured: `bench/bench_finetune.py`, BENCHMARKS.md.
     Inputs: bias [N, 1, 1, W] or None, `attended_keys`, scale, dropout_p (0: none), keep_probabilities (a
     backward will run), then either qkv [N, W, H, 3, D] or q, k, v [N, H, W, D]. Output: [N, H, W, D], a view of
@@ -419,19 +425,21 @@ class AttentionByExample(torch.autograd.Function):
             keep = byte_keep_mask(probabilities, dropout_p)
         scratch = q.new_empty(heads, w, k.shape[2])
         for i in range(n):
-            real = k.shape[2] if keys is None or keys[i] < 0 else keys[i]
-            scores = first(scratch if probabilities is None else probabilities[i], heads, w, real)
-            torch.bmm(q[i], k[i, :, :real].transpose(1, 2), out=scores)
+            rows, real = spans(keys, i, w, k.shape[2])
+            scores = first(scratch if probabilities is None else probabilities[i], heads, rows, real)
+            torch.bmm(q[i, :, :rows], k[i, :, :real].transpose(1, 2), out=scores)
             if scale != 1.0:
                 scores.mul_(scale)
             if keys is not None and keys[i] < 0:
                 scores.add_(bias[i])
             torch.softmax(scores, -1, out=scores)
-            weights = scores if keep is None else scores.mul(keep[i, :, :, :real])
-            context = torch.bmm(weights, v[i, :, :real])  # [H, W, D]
+            weights = scores if keep is None else scores.mul(keep[i, :, :rows, :real])
+            context = torch.bmm(weights, v[i, :, :real])  # [H, rows, D]
             if dropout_p:
                 context.mul_(1.0 / (1.0 - dropout_p))
-            out[i].copy_(context.transpose(0, 1))
+            out[i, :rows].copy_(context.transpose(0, 1))
+            if rows < w:
+                out[i, rows:].zero_()  # the padding queries'
         if keep_probabilities:
             ctx.save_for_backward(probabilities, keep, *parts)
             ctx.keys, ctx.scale, ctx.dropout_p = keys, scale, dropout_p
@@ -451,10 +459,11 @@ class AttentionByExample(torch.autograd.Function):
             grad_q, grad_k, grad_v = (torch.empty_like(t, memory_format=torch.contiguous_format) for t in (q, k, v))
         dropout_scale = 1.0 / (1.0 - ctx.dropout_p)
         for i in range(n):
-            real = k.shape[2] if ctx.keys is None or ctx.keys[i] < 0 else ctx.keys[i]
-            p = first(probabilities[i], heads, w, real)
-            g = grad[i] * dropout_scale if ctx.dropout_p else grad[i]  # [H, W, D]
-            kept = None if keep is None else keep[i, :, :, :real].to(p.dtype)  # one conversion for both products
+            rows, real = spans(ctx.keys, i, w, k.shape[2])
+            p = first(probabilities[i], heads, rows, real)
+            g = grad[i, :, :rows]  # [H, rows, D]
+            g = g * dropout_scale if ctx.dropout_p else g
+            kept = None if keep is None else keep[i, :, :rows, :real].to(p.dtype)  # one conversion for both products
             weights = p if kept is None else p.mul(kept)
             grad_v[i, :, :real].copy_(torch.bmm(weights.transpose(1, 2), g))
             grad_scores = torch.bmm(g, v[i, :, :real].transpose(1, 2))  # of the weights, then of the probabilities
@@ -463,17 +472,25 @@ class AttentionByExample(torch.autograd.Function):
             grad_scores = torch._softmax_backward_data(grad_scores, p, -1, p.dtype)
             if ctx.scale != 1.0:
                 grad_scores.mul_(ctx.scale)
-            grad_q[i].copy_(torch.bmm(grad_scores, k[i, :, :real]))
-            grad_k[i, :, :real].copy_(torch.bmm(grad_scores.transpose(1, 2), q[i]))
-            if real < k.shape[2]:  # the padding keys': 0, as their probabilities are
+            grad_q[i, :, :rows].copy_(torch.bmm(grad_scores, k[i, :, :real]))
+            grad_k[i, :, :real].copy_(torch.bmm(grad_scores.transpose(1, 2), q[i, :, :rows]))
+            if rows < w:  # the padding queries' output is 0, whatever they are
+                grad_q[i, :, rows:].zero_()
+            if real < k.shape[2]:  # the padding keys' probabilities are 0
                 grad_k[i, :, real:].zero_()
                 grad_v[i, :, real:].zero_()
         return (None, None, None, None, None, *((grad_qkv,) if fused else (grad_q, grad_k, grad_v)))
 
 
-def first(buffer: torch.Tensor, heads: int, w: int, keys: int) -> torch.Tensor:
-    """The first heads * w * keys elements of a contiguous [H, W, W] buffer as a contiguous [H, W, keys]."""
-    return buffer.view(-1)[: heads * w * keys].view(heads, w, keys)
+def spans(keys: list[int] | None, i: int, queries: int, all_keys: int) -> tuple[int, int]:
+    """Example i's (queries, keys) that `AttentionByExample` computes: its L real ones when right-padded
+    (`attended_keys`), else all."""
+    return (queries, all_keys) if keys is None or keys[i] < 0 else (keys[i], keys[i])
+
+
+def first(buffer: torch.Tensor, heads: int, rows: int, keys: int) -> torch.Tensor:
+    """The first heads * rows * keys elements of a contiguous [H, W, W] buffer as a contiguous [H, rows, keys]."""
+    return buffer.view(-1)[: heads * rows * keys].view(heads, rows, keys)
 
 
 def padding_bias(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

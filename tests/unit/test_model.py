@@ -212,7 +212,10 @@ def test_cpu_training_attention_path_is_sdpa_arithmetic():
     mask[1, ..., 6:] = False
     reference = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     tiny_p = 1e-9  # takes the training path but keeps every element
-    assert torch.allclose(attention(q, k, v, mask, tiny_p, training=True), reference * (1 / (1 - tiny_p)), atol=1e-6)
+    out = attention(q, k, v, mask, tiny_p, training=True)
+    real = mask[:, 0, 0, :, None].expand(2, 10, 8)[:, None].expand(2, 3, 10, 8)  # the real queries
+    assert torch.allclose(out[real], reference[real] * (1 / (1 - tiny_p)), atol=1e-6)
+    assert not out[~real].any()  # padding queries: 0 on CPU (`AttentionByExample`)
     keep = dropout_keep_mask(torch.empty(400, 1000), 0.1)
     assert abs(keep.float().mean().item() - 0.9) < 0.003
 
@@ -222,8 +225,10 @@ def test_cpu_training_attention_path_is_sdpa_arithmetic():
 def test_attention_by_example_gives_the_batched_arithmetic_and_its_gradients_with_the_same_masks(fused, dtype):
     """CPU attention one example at a time (`AttentionByExample`) against the batched math written out with
     autograd: outputs and q/k/v gradients, dropout off and on (the same masks drawn from the same seed), q, k, v
-    as views of one fused [N, W, H, 3, D] tensor or separate, right padding (the padding keys skipped) and left
-    padding (added as a bias); without autograd, against SDPA."""
+    as views of one fused [N, W, H, 3, D] tensor or separate. Right padding computes the real block only: the
+    real queries' outputs are the masked computation's and the padding queries' are 0, and the gradients are
+    the masked computation's under a model's loss (one that reads no padding position: its gradient there is
+    0). Left padding: every query, with the padding bias. Without autograd, against SDPA at the real queries."""
     from pretrain.model import AttentionByExample, attended_keys, byte_keep_mask, padding_bias, qkv_views
 
     generator = torch.Generator().manual_seed(3)
@@ -231,10 +236,12 @@ def test_attention_by_example_gives_the_batched_arithmetic_and_its_gradients_wit
     mask = torch.ones(4, 1, 1, 10, dtype=torch.bool)
     mask[1, ..., 6:] = False
     mask[2, ..., 2:] = False
-    mask[3, ..., :3] = False  # left padding: all 10 keys with the padding bias
+    mask[3, ..., :3] = False  # left padding: all 10 keys with the padding bias, and all 10 queries
     # right padding attends the real keys only; any other mask all keys with the bias
     assert attended_keys(mask, 10) == [10, 6, 2, -1] and attended_keys(None, 10) is None
-    grad = torch.randn(4, 4, 10, 8, dtype=dtype, generator=generator)
+    computed = mask[:, 0, 0, :, None, None].expand(4, 10, 4, 8).transpose(1, 2).clone()  # [N, H, W, D]
+    computed[3] = True
+    grad = torch.randn(4, 4, 10, 8, dtype=dtype, generator=generator) * computed
     tolerance = 1e-6 if dtype == torch.float32 else 1e-13
     for p in (0.0, 0.3):
         results = []
@@ -254,12 +261,14 @@ def test_attention_by_example_gives_the_batched_arithmetic_and_its_gradients_wit
             results.append((out.detach(), qkv.grad))
         (out, grad_qkv), (reference, reference_grad) = results
         assert out.shape == reference.shape and grad_qkv.shape == qkv.shape
-        assert torch.allclose(out, reference, rtol=0, atol=tolerance), (out - reference).abs().max()
+        assert torch.allclose(out[computed], reference[computed], rtol=0, atol=tolerance)
+        assert not out[~computed].any()
         assert torch.allclose(grad_qkv, reference_grad, rtol=0, atol=10 * tolerance)
     with torch.no_grad():
         q, k, v = qkv_views(qkv)
         sdpa = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        assert torch.allclose(attention(q, k, v, mask, 0.1, training=False), sdpa, rtol=0, atol=tolerance)
+        out = attention(q, k, v, mask, 0.1, training=False)
+        assert torch.allclose(out[computed], sdpa[computed], rtol=0, atol=tolerance)
 
 
 def test_an_additive_padding_bias_gives_the_probabilities_of_a_filled_mask_fully_masked_rows_included():
