@@ -17,6 +17,7 @@ from pretrain.model import (
     GroupedPointwise,
     ModelConfig,
     SelfAttention,
+    SqueezeBertLayer,
     attention,
     count_parameters,
     flops_per_token,
@@ -552,6 +553,20 @@ def compiled_training_step(config: ModelConfig, model: SqueezeBertForPretraining
     loss = model(*batch).loss
     loss.backward()
     return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_a_compiled_layer_is_one_graph(training):
+    """Dynamo traces a whole encoder layer into one graph, with and without gradients (a graph break would leave
+    eager Python between compiled pieces: CPU-only checks such as `Tensor._is_view` returned a bool and broke it)."""
+    layer = SqueezeBertLayer(SMALL).train(training)
+    x = torch.randn(2, 16, SMALL.hidden_size, requires_grad=training)
+    mask = torch.ones(2, 1, 1, 16, dtype=torch.bool)
+    mask[1, ..., 10:] = False
+    torch._dynamo.reset()
+    with torch.set_grad_enabled(training):
+        explained = torch._dynamo.explain(layer)(x, mask)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
 
 def test_compiled_layers_keep_the_state_dict_draw_eagers_masks_and_repeat_exactly():
