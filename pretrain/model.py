@@ -351,12 +351,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Ten
     arithmetic)."""
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     dropout_p = dropout_p if training else 0.0
-    if by_example(q):
+    if by_example(q) and q.shape[0] and (mask is None or (mask.dtype == torch.bool
+                                                          and mask.shape == (q.shape[0], 1, 1, k.shape[2]))):
         keep_probabilities = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, qkv) if t is not None)
         keys = attended_keys(mask, k.shape[2])
+        if keys is not None and q.shape[2] != k.shape[2]:  # not self-attention: every query, the bias over all keys
+            keys = [-1] * q.shape[0]
         bias = padding_bias(mask, q.dtype) if keys is not None and min(keys) < 0 else None
         parts = (qkv,) if qkv is not None else (q, k, v)
-        return AttentionByExample.apply(bias, keys, scale, dropout_p, keep_probabilities, *parts)
+        # [N, W, H, D] from the Function, so that the [N, H, W, D] view (and any view of it) is an ordinary one
+        return AttentionByExample.apply(bias, keys, scale, dropout_p, keep_probabilities, *parts).transpose(1, 2)
     if dropout_p == 0.0 or q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale)
     scores = torch.matmul(q, k.transpose(-1, -2))  # [N, H, W, W]
@@ -412,8 +416,8 @@ class AttentionByExample(torch.autograd.Function):
     math path, within 1e-6 in fp32 (tested); the dropout mask is drawn for the whole [N, H, W, W] at once, as
     `dropout` draws it. Measured: `bench/bench_finetune.py`, BENCHMARKS.md.
     Inputs: bias [N, 1, 1, W] or None, `attended_keys`, scale, dropout_p (0: none), keep_probabilities (a
-    backward will run), then either qkv [N, W, H, 3, D] or q, k, v [N, H, W, D]. Output: [N, H, W, D], a view of
-    [N, W, H, D]."""
+    backward will run), then either qkv [N, W, H, 3, D] or q, k, v [N, H, W, D] (self-attention: as many queries
+    as keys when `attended_keys` has a length). Output: [N, W, H, D] (`attention` returns its [N, H, W, D] view)."""
 
     @staticmethod
     def forward(ctx, bias, keys, scale, dropout_p, keep_probabilities, *parts):
@@ -445,12 +449,13 @@ class AttentionByExample(torch.autograd.Function):
         if keep_probabilities:
             ctx.save_for_backward(probabilities, keep, *parts)
             ctx.keys, ctx.scale, ctx.dropout_p = keys, scale, dropout_p
-        return out.transpose(1, 2)
+        return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         probabilities, keep, *parts = ctx.saved_tensors
+        grad = grad.transpose(1, 2)  # [N, H, W, D]
         fused = len(parts) == 1
         q, k, v = qkv_views(parts[0]) if fused else parts
         n, heads, w, d = q.shape

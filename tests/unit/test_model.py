@@ -252,7 +252,8 @@ def test_attention_by_example_gives_the_batched_arithmetic_and_its_gradients_wit
             torch.manual_seed(5)
             if by_example:
                 parts = (qkv,) if fused else (q, k, v)
-                out = AttentionByExample.apply(padding_bias(mask, dtype), attended_keys(mask, 10), 0.7, p, True, *parts)
+                out = AttentionByExample.apply(padding_bias(mask, dtype), attended_keys(mask, 10), 0.7, p, True,
+                                               *parts).transpose(1, 2)
             else:
                 probabilities = torch.softmax((q @ k.transpose(-1, -2) * 0.7).masked_fill(~mask, -1e30), -1)
                 if p:
@@ -270,6 +271,28 @@ def test_attention_by_example_gives_the_batched_arithmetic_and_its_gradients_wit
         sdpa = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         out = attention(q, k, v, mask, 0.1, training=False)
         assert torch.allclose(out[computed], sdpa[computed], rtol=0, atol=tolerance)
+
+
+def test_attention_takes_what_sdpa_takes_and_its_output_may_be_changed_in_place():
+    """`attention` on CPU: queries and keys of different lengths, a mask shared by the batch, a float mask and
+    an empty batch give SDPA's answers (the per-example path is for a boolean [N, 1, 1, W] self-attention mask);
+    and the output, or a view of it, may be changed in place under autograd (a forward hook may scale it)."""
+    generator = torch.Generator().manual_seed(4)
+    q = torch.randn(2, 3, 8, 4, generator=generator)
+    k, v = (torch.randn(2, 3, 5, 4, generator=generator) for _ in range(2))
+    right = torch.ones(2, 1, 1, 5, dtype=torch.bool)
+    right[..., 3:] = False
+    shared = right[:1]
+    additive = torch.zeros(2, 1, 1, 5).masked_fill(~right, -1e9)
+    for mask in (right, shared, additive, None):
+        expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        assert torch.allclose(attention(q, k, v, mask, 0.1, training=False), expected, rtol=0, atol=1e-6)
+    empty = torch.empty(0, 3, 8, 4)
+    assert attention(empty, empty, empty, torch.ones(0, 1, 1, 8, dtype=torch.bool), 0.1, training=False).shape == (0, 3, 8, 4)
+    x = torch.randn(2, 8, 3, 3, 4, generator=generator, requires_grad=True)
+    out = attention(*(t.transpose(1, 2) for t in x.unbind(3)), right.new_ones(2, 1, 1, 8), 0.0, training=True, qkv=x)
+    out.transpose(1, 2).reshape(2, 8, 12).mul_(0.5).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
 
 
 def test_an_additive_padding_bias_gives_the_probabilities_of_a_filled_mask_fully_masked_rows_included():
