@@ -311,9 +311,13 @@ def dropout(x: torch.Tensor, p: float, training: bool, inplace_on_cpu: bool = Fa
     if x.device.type != "cpu":  # accelerators have a fused dropout kernel
         return F.dropout(x, p, True)
     mask = byte_keep_mask(x, p)
-    # Compiled, a view changed in place costs nothing more (functionalized), and `_is_view` would break the graph.
-    inplace = inplace_on_cpu and (torch.compiler.is_compiling() or not x._is_view())
-    return cpu_dropout_(x.mul_(mask) if inplace else x.mul(mask), p)
+    return cpu_dropout_(x.mul_(mask) if inplace_on_cpu and changes_in_place(x) else x.mul(mask), p)
+
+
+def changes_in_place(x: torch.Tensor) -> bool:
+    """Whether an in-place change of x costs no copy under autograd: x is not a view (autograd would copy its base
+    in and out, `CopySlices`), or the code is being compiled (functionalized; `_is_view` would break the graph)."""
+    return torch.compiler.is_compiling() or not x._is_view()
 
 
 def byte_keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
@@ -521,7 +525,7 @@ class ConvLayerNorm(nn.Module):
         # would copy its base in and out (see `dropout`).
         out = dropout(self.conv1d(x, reuse="before_layernorm"), self.dropout.p, self.training, inplace_on_cpu=True)
         if out.dtype != residual.dtype or (torch.is_grad_enabled() and (torch.compiler.is_compiling()
-                                                                         or out._is_view())):
+                                                                         or not changes_in_place(out))):
             return self.layernorm(out + residual)
         return self.layernorm(out.add_(residual))  # in place (see `ConvActivation`)
 
